@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``kdfast.kernels``. Importing this package needs neither triton nor CUDA."""
