@@ -1,0 +1,27 @@
+"""``kdfast eval``: dev accuracy and MCC of a run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from kdfast.cli.main import app
+from kdfast.cli.output import console, dev_table
+from kdfast.evaluate import evaluate_run
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
+    data: str | None = typer.Option(None, help="CoLA source; defaults to the data the run was trained on."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Accuracy and Matthews correlation on CoLA dev (1,043 sentences) and its in- and out-of-domain halves."""
+    report = evaluate_run(run_dir, data, device)
+    if json_out:
+        print(json.dumps(report, indent=2))
+    else:
+        console.print(dev_table(f"{report['kind']} run {run_dir} on {report['data']}", [(str(run_dir), report)]))

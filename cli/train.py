@@ -1,0 +1,43 @@
+"""``kdfast train lora``: the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kdfast.cli.main import train_app
+from kdfast.cli.output import console, dev_table
+from kdfast.teacher import TeacherConfig
+from kdfast.teacher import run as run_teacher
+
+
+@train_app.command("lora")
+def train_lora(
+    model: str = typer.Option("gpt2", help="Hugging Face model name or local folder (any sequence classifier)."),
+    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    out: Path = typer.Option(Path("runs/teacher"), help="Run folder to write."),
+    epochs: int = typer.Option(5),
+    lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, linear warm-up and decay)."),
+    rank: int = typer.Option(8, help="LoRA rank r."),
+    alpha: float = typer.Option(16.0, help="LoRA alpha; the update is scaled by alpha / r."),
+    lora_dropout: float = typer.Option(0.1, help="Dropout on the LoRA branch."),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(64, help="Longest input in tokens."),
+    seed: int = typer.Option(0),
+    max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    fused_lora: bool = typer.Option(False, help="Fused Triton LoRA kernel for the unmerged layers (CUDA)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Fine-tune a classifier with LoRA on CoLA: the teacher. Writes metrics.json, adapter/, merged/, curves.png."""
+    cfg = TeacherConfig(model=model, data=data, out=out, epochs=epochs, lr=lr, rank=rank, alpha=alpha,
+                        lora_dropout=lora_dropout, batch_size=batch_size, max_length=max_length, seed=seed,
+                        max_train_samples=max_train_samples, device=device, fused_lora=fused_lora,
+                        overwrite=overwrite, progress=progress)
+    metrics = run_teacher(cfg)
+    best = metrics["best"]
+    console.print(dev_table(f"teacher, best epoch {best['epoch']}", [(model, best)]))
+    console.print(f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}")
+    console.print(f"wrote {out}")

@@ -1,0 +1,98 @@
+"""The run folder: the unit every stage passes along.
+
+``train lora`` writes a teacher run, ``distill`` and ``train rnn`` write student runs; ``export``, ``bench`` and
+``eval`` read them. Every run folder holds ``run.json`` (``{"kind": "teacher" | "student", "kdfast_version",
+"created"}``, students add ``"mode": "distill" | "scratch"``) and ``metrics.json``; the README's "Run folders"
+section lists every file of each kind.
+
+A run is built in a hidden temporary folder beside ``--out`` and renamed into place only when complete, so a
+failed or interrupted run never leaves a half-written folder that a later stage would take for finished, and
+never destroys what was in ``--out`` before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kdfast import __version__
+from kdfast.errors import KdfastError
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+KINDS = ("teacher", "student")
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder without ``--overwrite``, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise KdfastError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise KdfastError(f"--out {out} is not empty; pass --overwrite to replace it")
+
+
+@contextmanager
+def staged_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it is removed."""
+    out = Path(out)
+    check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run_info(folder: Path, kind: str, **extra: Any) -> None:
+    assert kind in KINDS
+    info = {"kind": kind, "kdfast_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    write_json(folder / RUN_FILE, info)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdfastError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KdfastError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_run_info(run_dir: Path, kind: str | None = None) -> dict[str, Any]:
+    """``run.json`` of a run folder, checked to be of ``kind`` when given."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KdfastError(f"{run_dir}: no such run folder")
+    if not (run_dir / RUN_FILE).exists():
+        raise KdfastError(f"{run_dir}: not a kdfast run folder (no {RUN_FILE})")
+    info = read_json(run_dir / RUN_FILE)
+    if not isinstance(info, dict) or info.get("kind") not in KINDS:
+        kind_found = info.get("kind") if isinstance(info, dict) else info
+        raise KdfastError(f"{run_dir / RUN_FILE}: unknown run kind {kind_found!r}")
+    if kind is not None and info["kind"] != kind:
+        raise KdfastError(f"{run_dir}: a {info['kind']} run, expected a {kind} run")
+    return info

@@ -1,0 +1,254 @@
+"""The teacher: a Hugging Face sequence classifier (GPT-2 small by default) fine-tuned on CoLA with our LoRA.
+
+One stage, shaped setup → train → save (``run``). The report this project grew from trained GPT-2 + LoRA with
+Adam at lr 1e-3 and predicted "acceptable" for every sentence (69.26% in-domain dev accuracy, MCC 0). The defaults
+here (AdamW at 3e-4 with warm-up and linear decay, gradient clipping, best epoch kept by dev MCC) learn.
+
+GPT-2 has no pad token: it pads with ``<|endoftext|>`` and ``GPT2ForSequenceClassification`` pools the logits of
+the last token that is not padding, which is right under right padding (checked in tests/test_teacher.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from kdfast.batching import length_sorted_batches, pad_batch, shuffled_batches
+from kdfast.data import Example, load_cola, subsample
+from kdfast.errors import KdfastError
+from kdfast.lora import (
+    count_parameters,
+    inject_lora,
+    load_adapter_weights,
+    mark_trainable,
+    save_adapter,
+    set_fused,
+    unwrap_merged,
+)
+from kdfast.metrics import dev_report
+from kdfast.plots import plot_curves
+from kdfast.runs import METRICS_FILE, check_out_dir, read_json, read_run_info, staged_dir, write_json, write_run_info
+from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "gpt2"  # Hub name or local folder of any sequence-classification backbone
+    data: str = "cola"  # "cola" (Hub: nyu-mll/glue) or a folder with CoLA's .tsv files
+    out: Path = Path("runs/teacher")  # the run folder to write
+    epochs: int = 5
+    lr: float = 3e-4  # 1e-3 (the report's) collapses to the majority class
+    rank: int = 8  # LoRA rank r
+    alpha: float = 16.0  # LoRA scaling is alpha / r
+    lora_dropout: float = 0.1  # dropout on the LoRA branch only
+    batch_size: int = 32
+    max_length: int = 64  # tokens; CoLA's longest sentence is 47 GPT-2 tokens
+    seed: int = 0
+    max_train_samples: int | None = None  # a seeded subset of train, for quick runs
+    device: str = "auto"  # auto | cpu | cuda
+    warmup_ratio: float = 0.1  # share of the steps with a linear warm-up
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # gradient clipping
+    fused_lora: bool = False  # the fused Triton LoRA kernel for unmerged layers on CUDA
+    overwrite: bool = False  # replace a non-empty --out
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
+            (self.alpha > 0, f"--alpha must be positive, got {self.alpha}"),
+            (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdfastError(message)
+        check_model_name(self.model)
+
+
+def check_model_name(name: str) -> None:
+    """A --model that names a local path must be a folder (checked before any slow loading)."""
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise KdfastError(f"--model {name}: no such folder")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
+    """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    check_model_name(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise KdfastError(f"--model {name}: could not load its tokenizer ({_first_line(e)})") from None
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+    except Exception as e:
+        raise KdfastError(f"--model {name}: could not load a sequence classifier ({_first_line(e)})") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise KdfastError(f"--model {name}: its tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def encode(tokenizer: Any, sentences: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
+    """Logits (N, 2) in the order of ``ids``, batched by length."""
+    model.eval()
+    out = np.zeros((len(ids), 2), dtype=np.float32)
+    for idx in length_sorted_batches(ids, batch_size):
+        input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        out[idx] = logits.float().cpu().numpy()
+    return out
+
+
+def score_dev(logits: np.ndarray, dev: list[Example]) -> dict[str, float]:
+    """Loss, accuracy and MCC on dev and its two halves."""
+    labels = np.array([e.label for e in dev])
+    in_domain = np.array([e.in_domain for e in dev])
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    return {"dev_loss": loss, **dev_report(logits.argmax(-1), labels, in_domain)}
+
+
+def best_summary(epoch: int, report: dict[str, float]) -> dict[str, float | int]:
+    keys = ["dev_acc", "dev_mcc", "dev_in_domain_acc", "dev_in_domain_mcc", "dev_out_of_domain_acc",
+            "dev_out_of_domain_mcc"]
+    return {"epoch": epoch, **{k: report[k] for k in keys}}
+
+
+def run(cfg: TeacherConfig) -> dict[str, Any]:
+    """Train the teacher and write its run folder; returns the contents of ``metrics.json``."""
+    # --- setup
+    cfg.validate()
+    cfg.out = Path(cfg.out)
+    check_out_dir(cfg.out, cfg.overwrite)
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    data = load_cola(cfg.data)
+    train = subsample(data.train, cfg.max_train_samples, cfg.seed)
+    model, tokenizer = load_backbone(cfg.model)
+    try:
+        inject_lora(model, cfg.rank, cfg.alpha, cfg.lora_dropout)
+    except ValueError as e:
+        raise KdfastError(f"--model {cfg.model}: {e}") from None
+    mark_trainable(model)
+    set_fused(model, cfg.fused_lora)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    train_ids = encode(tokenizer, [e.sentence for e in train], cfg.max_length)
+    train_labels = torch.tensor([e.label for e in train])
+    dev_ids = encode(tokenizer, [e.sentence for e in data.dev], cfg.max_length)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    optimizer, scheduler = adamw_with_warmup(
+        params, cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
+    )
+
+    # --- train
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    with progress_bar(cfg.progress) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            task = bar.add_task(f"teacher epoch {epoch}/{cfg.epochs}", total=len(train), loss=0.0, rate=0.0)
+            loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+            for step, idx in enumerate(shuffled_batches(len(train), cfg.batch_size, generator)):
+                input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
+                labels = train_labels[idx].to(device)
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                loss = F.cross_entropy(logits.float(), labels)
+                check_finite(loss, epoch, step)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.argmax(-1) == labels).sum())
+                seen += len(idx)
+                rate = seen / (time.perf_counter() - start)
+                bar.update(task, advance=len(idx), loss=loss_sum / seen, rate=rate)
+            report = score_dev(predict_logits(model, dev_ids, tokenizer.pad_token_id, device), data.dev)
+            history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                            "train_sentences_per_s": seen / (time.perf_counter() - start), **report})
+            bar.console.print(
+                f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
+                f"dev MCC {report['dev_mcc']:.4f}"
+            )
+            if best is None or report["dev_mcc"] > best["dev_mcc"]:
+                best = best_summary(epoch, report)
+                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert best is not None
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in best_state:
+                p.copy_(best_state[n])
+
+    # --- save
+    metrics = {
+        "history": history,
+        "best": best,
+        "trainable_params": trainable,
+        "total_params": total,
+        "config": {**asdict(cfg), "out": str(cfg.out)},
+        "data": {"source": data.source, "train": len(train), "dev": len(data.dev),
+                 "dev_in_domain": len(data.dev_in_domain), "dev_out_of_domain": len(data.dev_out_of_domain)},
+    }
+    with staged_dir(cfg.out, cfg.overwrite) as tmp:
+        save_adapter(model.cpu(), tmp / "adapter", cfg.model, cfg.rank, cfg.alpha, cfg.lora_dropout)
+        merged = unwrap_merged(model)
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+        write_json(tmp / METRICS_FILE, metrics)
+        plot_curves(history, tmp / "curves.png", f"LoRA teacher ({cfg.model}, r={cfg.rank}) on CoLA")
+        write_run_info(tmp, "teacher")
+    return metrics
+
+
+def load_teacher(run_dir: Path, merged: bool = True) -> tuple[nn.Module, Any]:
+    """The teacher of a run folder on the CPU, in eval mode: the merged model, or the base model with its LoRA
+    adapter unmerged (which needs the base model named in the run's config)."""
+    run_dir = Path(run_dir)
+    read_run_info(run_dir, "teacher")
+    if merged:
+        model, tokenizer = load_backbone(str(run_dir / "merged"))
+    else:
+        cfg = read_json(run_dir / METRICS_FILE)["config"]
+        model, tokenizer = load_backbone(cfg["model"])
+        inject_lora(model, cfg["rank"], cfg["alpha"], cfg["lora_dropout"])
+        try:
+            load_adapter_weights(model, load_file(str(run_dir / "adapter" / "adapter_model.safetensors")))
+        except (ValueError, OSError) as e:
+            raise KdfastError(f"{run_dir / 'adapter'}: {e}") from None
+    return model.eval(), tokenizer

@@ -1,0 +1,66 @@
+"""What every training stage shares: device choice, seeding, the optimiser schedule and the progress bar."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kdfast.errors import KdfastError
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise KdfastError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise KdfastError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a generator for the data order."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def adamw_with_warmup(
+    params: Iterable[torch.nn.Parameter], lr: float, total_steps: int, warmup_ratio: float, weight_decay: float
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW, linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise KdfastError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; try a lower --lr")
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A Rich progress bar with the running loss and the speed in sentences/s (fields ``loss`` and ``rate``)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[rate]:.0f} sent/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled or os.environ.get("KDFAST_NO_PROGRESS") == "1",
+        transient=False,
+    )
