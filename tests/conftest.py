@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KDFAST_NO_PROGRESS", "1")
+
+from helpers import COLA_DIR, save_tiny_gpt2  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cola_dir() -> Path:
+    if not (COLA_DIR / "in_domain_train.tsv").exists():
+        pytest.fail(f"CoLA not found at {COLA_DIR} (set KDFAST_SHARED to the folder holding data/cola)")
+    return COLA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a random 2-layer GPT-2 classifier and the real GPT-2 tokenizer."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path, cola_dir: Path) -> Path:
+    """A teacher run folder: the tiny GPT-2, one epoch on 256 CoLA sentences, through the library."""
+    from kdfast.teacher import TeacherConfig, run
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    run(TeacherConfig(model=str(tiny_gpt2), data=str(cola_dir), out=out, epochs=1, max_train_samples=256,
+                      batch_size=32, rank=4, alpha=8, progress=False))
+    return out

