@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("KDFAST_NO_PROGRESS", "1")
 
-from helpers import COLA_DIR, save_tiny_gpt2  # noqa: E402
+from helpers import COLA_DIR, save_tiny_gpt2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

