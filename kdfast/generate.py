@@ -124,13 +124,22 @@ def load_causal_lm(name: str) -> tuple[nn.Module, Any]:
     return model.eval(), tokenizer
 
 
-def count_new_tokens(new_ids: torch.Tensor, eos_id: int | None) -> list[int]:
+def count_new_tokens(new_ids: torch.Tensor, eos_ids: set[int]) -> list[int]:
     """Tokens each sequence really generated: ``generate`` pads a sequence that ended early (with pad = eos for
     GPT-2), so a row counts up to and including its first eos. new_ids: (N, T_new)."""
     counts = []
     for row in new_ids.tolist():
-        counts.append(row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row))
+        ends = [i for i, token in enumerate(row) if token in eos_ids]
+        counts.append(ends[0] + 1 if ends else len(row))
     return counts
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """The tokens ``generate`` stops at: the generation config's (some models list several), else the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    return set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
 
 
 def _stdout_writer(text: str) -> None:
@@ -168,8 +177,8 @@ def run(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> Ge
     if isinstance(limit, int) and prompt_len + cfg.max_new_tokens > limit:
         raise KdfastError(f"the prompt ({prompt_len} tokens) plus --max-new-tokens {cfg.max_new_tokens} exceeds "
                           f"the model's {limit} positions")
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id  # GPT-2 has no pad token
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # GPT-2: eos
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p}
         if cfg.temperature > 0 else {"do_sample": False}
@@ -194,7 +203,7 @@ def run(cfg: GenerateConfig, on_text: Callable[[str], None] | None = None) -> Ge
 
     # --- decode
     new_ids = output[:, prompt_len:].cpu()  # (N, T_new)
-    counts = count_new_tokens(new_ids, eos_id)
+    counts = count_new_tokens(new_ids, eos_ids)
     ids = [row[:n] for row, n in zip(new_ids.tolist(), counts, strict=True)]
     continuations = [tokenizer.decode(row, **_DECODE) for row in ids]
     return GenerateResult(prompt=cfg.prompt, continuations=continuations, new_token_ids=ids, seconds=seconds,

@@ -84,8 +84,9 @@ def test_eos_ends_the_text_unless_ignored(eos_lm: Path) -> None:
 def test_count_new_tokens_stops_at_the_first_eos() -> None:
     # Rows that ended early are padded with pad = eos by generate.
     new_ids = torch.tensor([[5, 6, 7, 8], [5, EOS, EOS, EOS], [EOS, EOS, EOS, EOS]])  # (N=3, T_new=4)
-    assert count_new_tokens(new_ids, EOS) == [4, 2, 1]
-    assert count_new_tokens(new_ids, None) == [4, 4, 4]
+    assert count_new_tokens(new_ids, {EOS}) == [4, 2, 1]
+    assert count_new_tokens(new_ids, {7, EOS}) == [3, 2, 1]  # a model may stop at any of several tokens
+    assert count_new_tokens(new_ids, set()) == [4, 4, 4]
 
 
 def test_num_return_sequences(tiny_lm: Path, capsys) -> None:
