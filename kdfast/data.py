@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, first_line
 
 HUB_DATASET = ("nyu-mll/glue", "cola")
 HUB_NAMES = {"cola", "glue/cola", "nyu-mll/glue"}
@@ -112,9 +112,8 @@ def load_hub() -> Cola:
     try:
         ds = datasets.load_dataset(*HUB_DATASET)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KdfastError(
-            f"could not load {HUB_DATASET[0]}/{HUB_DATASET[1]} from the Hub ({first}); "
+            f"could not load {HUB_DATASET[0]}/{HUB_DATASET[1]} from the Hub ({first_line(e)}); "
             "offline, pass a local CoLA folder with --data DIR"
         ) from None
     train = [Example(r["sentence"], int(r["label"]), True) for r in ds["train"]]

@@ -3,3 +3,9 @@
 
 class KdfastError(Exception):
     """A problem with the user's input (a path, a file, a flag), as opposed to a bug in kdfast."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to many lines), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

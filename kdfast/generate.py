@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdfast.errors import KdfastError
-from kdfast.teacher import _first_line, check_model_name
+from kdfast.errors import KdfastError, first_line
+from kdfast.teacher import check_model_name
 from kdfast.training import resolve_device, seed_everything
 
 # Decoding options shared by the streamed and the whole-text paths, so that both give the same characters.
@@ -108,7 +108,7 @@ def load_causal_lm(name: str) -> tuple[nn.Module, Any]:
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:
-        raise KdfastError(f"--model {name}: could not load its config ({_first_line(e)})") from None
+        raise KdfastError(f"--model {name}: could not load its config ({first_line(e)})") from None
     architectures = list(getattr(config, "architectures", None) or [])
     if architectures and not set(architectures) & _causal_lm_classes():
         raise KdfastError(f"--model {name}: not a causal language model (its checkpoint is a "
@@ -116,11 +116,11 @@ def load_causal_lm(name: str) -> tuple[nn.Module, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise KdfastError(f"--model {name}: could not load its tokenizer ({_first_line(e)})") from None
+        raise KdfastError(f"--model {name}: could not load its tokenizer ({first_line(e)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(name, config=config)
     except Exception as e:
-        raise KdfastError(f"--model {name}: could not load a causal language model ({_first_line(e)})") from None
+        raise KdfastError(f"--model {name}: could not load a causal language model ({first_line(e)})") from None
     return model.eval(), tokenizer
 
 

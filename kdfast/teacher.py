@@ -23,7 +23,7 @@ from torch import nn
 
 from kdfast.batching import length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Example, load_cola, subsample
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, first_line
 from kdfast.lora import (
     count_parameters,
     inject_lora,
@@ -84,11 +84,6 @@ def check_model_name(name: str) -> None:
         raise KdfastError(f"--model {name}: no such folder")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
     """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding."""
     import transformers
@@ -100,11 +95,11 @@ def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise KdfastError(f"--model {name}: could not load its tokenizer ({_first_line(e)})") from None
+        raise KdfastError(f"--model {name}: could not load its tokenizer ({first_line(e)})") from None
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
     except Exception as e:
-        raise KdfastError(f"--model {name}: could not load a sequence classifier ({_first_line(e)})") from None
+        raise KdfastError(f"--model {name}: could not load a sequence classifier ({first_line(e)})") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise KdfastError(f"--model {name}: its tokenizer has neither a pad nor an eos token")
