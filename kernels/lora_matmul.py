@@ -32,7 +32,7 @@ Backward (W and bias are frozen). With W the logical [K, N] weight, A = lora_a�
     u  = dy·Bᵀ                  [M, r]  fp32
     dx = dy·Wᵀ + s·u·Aᵀ         [M, K]  the same fused kernel over transposed views (B is the shrink, A the
                                         expand); it also writes u
-    d lora_a = s·uᵀ·x           [r, K]  a reduction over M (``_lora_grad_kernel``, split over M for parallelism)
+    d lora_a = s·uᵀ·x           [r, K]  a reduction over M (``lora_grad_kernel``, split over M for parallelism)
     d lora_b = s·dyᵀ·xa         [N, r]  the same kernel, with xa = x·A saved in fp32 by the forward
 
 Importing this module needs neither triton nor CUDA: without them ``lora_matmul`` runs ``lora_matmul_ref``. On CPU
@@ -40,20 +40,18 @@ tensors the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` i
 """
 
 import functools
+import importlib.util
 import os
+from types import SimpleNamespace
 
 import torch
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # triton is optional: lora_matmul then falls back to lora_matmul_ref
-    triton = None
-    tl = None
 
 __all__ = ["fused_lora_supported", "is_available", "lora_matmul", "lora_matmul_ref"]
 
 WEIGHT_LAYOUTS = ("linear", "conv1d")
+
+# Located, not imported: importing kdfast must not import triton (see _kernels).
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def _interpreting() -> bool:
@@ -61,62 +59,87 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def _interpreter_ready() -> bool:
+    """Whether the kernels can run on CPU tensors: TRITON_INTERPRET=1 is set and was already set when triton was
+    imported (triton's own @jit helpers, such as tl.cdiv, are built for the GPU or for the interpreter then)."""
+    if not (_HAS_TRITON and _interpreting()):
+        return False
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.cdiv, InterpretedFunction)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-if triton is not None:
+# Autotuning configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+# Small M (online inference, M_BUCKET <= 64) is memory-bound: skinny tiles so that many programs stream W.
+_SMALL_M_TILES = (
+    (16, 32, 128, 4, 4),
+    (16, 64, 128, 4, 4),
+    (16, 64, 256, 4, 3),
+    (16, 128, 128, 4, 3),
+    (32, 64, 128, 4, 4),
+    (64, 64, 64, 4, 4),
+)
+# Large M is compute-bound: the Triton matmul tutorial's tiles (a wide BLOCK_N also amortises the xa recompute).
+_LARGE_M_TILES = (
+    (128, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 256, 32, 4, 4),
+)
+# Under the interpreter each program is numpy and autotuning would try every config: one config, big tiles.
+_INTERPRETER_TILES = ((32, 64, 64, 4, 1),)
+# The gradient reduction: (BLOCK_P, BLOCK_M, num_warps, num_stages).
+_GRAD_TILES = ((64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3))
+_GRAD_INTERPRETER_TILES = ((64, 64, 4, 1),)
 
-    def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> "triton.Config":
-        return triton.Config(
-            {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
-            num_warps=warps,
-            num_stages=stages,
-        )
 
-    # Small M (online inference, M_BUCKET <= 64) is memory-bound: skinny tiles so that many programs stream W.
-    _SMALL_M_CONFIGS = [
-        _config(16, 32, 128, 4, 4),
-        _config(16, 64, 128, 4, 4),
-        _config(16, 64, 256, 4, 3),
-        _config(16, 128, 128, 4, 3),
-        _config(32, 64, 128, 4, 4),
-        _config(64, 64, 64, 4, 4),
-    ]
-    # Large M is compute-bound: the Triton matmul tutorial's tiles (a wide BLOCK_N also amortises the xa recompute).
-    _LARGE_M_CONFIGS = [
-        _config(128, 256, 64, 8, 3),
-        _config(128, 128, 64, 8, 3),
-        _config(128, 128, 32, 4, 4),
-        _config(64, 128, 64, 4, 4),
-        _config(128, 64, 64, 4, 4),
-        _config(64, 256, 32, 4, 4),
-    ]
-    # Under the interpreter every config would be tried and each program is numpy: one config with big tiles.
-    _INTERPRETER_CONFIGS = [_config(32, 64, 64, 4, 1)]
-    _GRAD_CONFIGS = [
-        triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, num_warps=4, num_stages=3)
-        for bp, bm in ((64, 64), (128, 64), (64, 128), (128, 32))
-    ]
-    _GRAD_INTERPRETER_CONFIGS = [triton.Config({"BLOCK_P": 64, "BLOCK_M": 64}, num_warps=4, num_stages=1)]
+def _prune_lora_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """Small-M configs for M_BUCKET <= 64, large-M ones above; no 256-wide N tiles next to a wide xa."""
+    if len(configs) == 1:
+        return configs
 
-    def _prune_lora_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
-        """Small-M configs for M_BUCKET <= 64, large-M ones above; no 256-wide N tiles next to a wide xa."""
-        if len(configs) == 1:
-            return configs
-        small = named_args["M_BUCKET"] <= 64
-        pruned = [c for c in configs if (c in _SMALL_M_CONFIGS) == small]
-        if kwargs.get("BLOCK_R", 16) >= 64:
-            pruned = [c for c in pruned if c.kwargs["BLOCK_N"] < 256] or pruned
-        return pruned
+    def tile(c) -> tuple[int, ...]:
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+
+    small = named_args["M_BUCKET"] <= 64
+    pruned = [c for c in configs if (tile(c) in _SMALL_M_TILES) == small]
+    if kwargs.get("BLOCK_R", 16) >= 64:
+        pruned = [c for c in pruned if c.kwargs["BLOCK_N"] < 256] or pruned
+    return pruned
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """Builds the Triton kernels on first use rather than at import: kdfast imports without triton, and Triton's
+    CPU interpreter (TRITON_INTERPRET=1) only applies to kernels decorated after it is set (pytest imports every
+    test module, and so possibly this one, before any test sets it)."""
+    import triton
+    import triton.language as tl
+
+    interpret = _interpreting()
+    mm_configs = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in (_INTERPRETER_TILES if interpret else _SMALL_M_TILES + _LARGE_M_TILES)
+    ]
+    grad_configs = [
+        triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, num_warps=w, num_stages=s)
+        for bp, bm, w, s in (_GRAD_INTERPRETER_TILES if interpret else _GRAD_TILES)
+    ]
 
     @triton.autotune(
-        configs=_INTERPRETER_CONFIGS if _interpreting() else _SMALL_M_CONFIGS + _LARGE_M_CONFIGS,
+        configs=mm_configs,
         key=["M_BUCKET", "N", "K", "R"],
         prune_configs_by={"early_config_prune": _prune_lora_mm_configs},
     )
     @triton.jit
-    def _lora_mm_kernel(
+    def lora_mm_kernel(
         # pointers
         x_ptr,  # (M, K)
         w_ptr,  # (K, N) logical view, any strides
@@ -225,12 +248,9 @@ if triton is not None:
             y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
-    @triton.autotune(
-        configs=_GRAD_INTERPRETER_CONFIGS if _interpreting() else _GRAD_CONFIGS,
-        key=["M_BUCKET", "P", "R"],
-    )
+    @triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"])
     @triton.jit
-    def _lora_grad_kernel(
+    def lora_grad_kernel(
         # pointers
         g_ptr,  # (M, P) dy or x, any float dtype
         h_ptr,  # (M, R) fp32: xa or u
@@ -279,40 +299,33 @@ if triton is not None:
         out_ptrs = out_ptr + pid_s * stride_os + offs_p[:, None] * stride_op + offs_r[None, :] * stride_or
         tl.store(out_ptrs, acc * scale, mask=mask_p[:, None] & mask_r[None, :])
 
+    return SimpleNamespace(triton=triton, tl=tl, lora_mm=lora_mm_kernel, lora_grad=lora_grad_kernel)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Launchers: check shapes, flatten, allocate, pick the grid
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _interpreted_twin(kernel: "triton.runtime.Autotuner", configs_name: str) -> "triton.runtime.Autotuner":
-    """``kernel`` rebuilt for Triton's interpreter. pytest imports every test module before running any, so this
-    module may have been imported (and its kernels compiled for the GPU) before TRITON_INTERPRET=1 was set."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    configs = globals()[configs_name]
-    return triton.autotune(configs=configs, key=kernel.keys)(InterpretedFunction(kernel.base_fn))
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def _kernel_for(kernel: "triton.runtime.Autotuner", x: torch.Tensor, configs_name: str):
-    if x.is_cuda:
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return kernel if isinstance(kernel.fn, InterpretedFunction) else _interpreted_twin(kernel, configs_name)
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _m_bucket(m: int) -> int:
     """Autotune key for M: powers of two from 16 (the small-M tiles' height) to 8192."""
-    return min(max(triton.next_power_of_2(m), 16), 8192)
+    return min(max(_next_power_of_2(m), 16), 8192)
 
 
 def _block_r(r: int) -> int:
-    return max(16, triton.next_power_of_2(r))
+    return max(16, _next_power_of_2(r))
 
 
-def _dot_dtype(dtype: torch.dtype) -> "tl.dtype":
+def _dot_dtype(dtype: torch.dtype):
+    tl = _kernels().tl
     if dtype == torch.float16:
         return tl.float16
     if dtype == torch.bfloat16:
@@ -358,11 +371,10 @@ def _launch_lora_mm(
         return y, xa
 
     def grid(meta: dict) -> tuple[int]:
-        num_n = 1 if xa_only else triton.cdiv(N, meta["BLOCK_N"])
-        return (triton.cdiv(M, meta["BLOCK_M"]) * num_n,)
+        num_n = 1 if xa_only else _cdiv(N, meta["BLOCK_N"])
+        return (_cdiv(M, meta["BLOCK_M"]) * num_n,)
 
-    kernel = _kernel_for(_lora_mm_kernel, x, "_INTERPRETER_CONFIGS")
-    kernel[grid](
+    _kernels().lora_mm[grid](
         x, w_kn, a_kr, b_rn,
         bias if bias is not None else x,
         y if y is not None else x,
@@ -398,20 +410,19 @@ def _launch_lora_grad(g: torch.Tensor, h: torch.Tensor, scale: float, *, transpo
     R = h.shape[1]
     if M == 0 or P == 0:
         return torch.zeros((R, P) if transposed else (P, R), device=g.device, dtype=torch.float32)
-    p_tiles = triton.cdiv(P, 64)
-    max_splits = triton.cdiv(M, _GRAD_SPLIT_ROWS)
-    splits = max(1, min(triton.cdiv(2 * _num_sms(g.device), p_tiles), max_splits))
-    m_per_split = triton.cdiv(triton.cdiv(M, splits), _GRAD_SPLIT_ROWS) * _GRAD_SPLIT_ROWS
-    splits = triton.cdiv(M, m_per_split)
+    p_tiles = _cdiv(P, 64)
+    max_splits = _cdiv(M, _GRAD_SPLIT_ROWS)
+    splits = max(1, min(_cdiv(2 * _num_sms(g.device), p_tiles), max_splits))
+    m_per_split = _cdiv(_cdiv(M, splits), _GRAD_SPLIT_ROWS) * _GRAD_SPLIT_ROWS
+    splits = _cdiv(M, m_per_split)
     out = torch.empty((splits, R, P) if transposed else (splits, P, R), device=g.device, dtype=torch.float32)
     stride_op, stride_or = (out.stride(2), out.stride(1)) if transposed else (out.stride(1), out.stride(2))
 
     def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(P, meta["BLOCK_P"]), splits)
+        return (_cdiv(P, meta["BLOCK_P"]), splits)
 
     half = g.dtype in (torch.float16, torch.bfloat16)
-    kernel = _kernel_for(_lora_grad_kernel, g, "_GRAD_INTERPRETER_CONFIGS")
-    kernel[grid](
+    _kernels().lora_grad[grid](
         g, h, out,
         M, P, R, _m_bucket(M), m_per_split, float(scale),
         g.stride(0), g.stride(1),
@@ -463,7 +474,7 @@ def _lora_backward(
 # through them (fullgraph) and nothing synchronises with the host.
 # ---------------------------------------------------------------------------------------------------------------
 
-if triton is not None:
+if _HAS_TRITON:  # (registered at import so that torch.compile sees the ops; their bodies import triton)
 
     @torch.library.custom_op("kdfast::lora_matmul", mutates_args=())
     def _lora_matmul_op(
@@ -560,13 +571,13 @@ if triton is not None:
 
 
 def is_available() -> bool:
-    """Whether triton imported, i.e. whether ``lora_matmul`` can run the fused kernel at all."""
-    return triton is not None
+    """Whether triton is installed, i.e. whether ``lora_matmul`` can run the fused kernel at all."""
+    return _HAS_TRITON
 
 
 def fused_lora_supported(x: torch.Tensor) -> bool:
     """Whether ``lora_matmul(x, ...)`` runs the fused Triton kernel: triton is importable and x is on CUDA."""
-    return triton is not None and x.is_cuda
+    return _HAS_TRITON and x.is_cuda
 
 
 def _check_shapes(
@@ -640,7 +651,7 @@ def lora_matmul(
     n, k, _ = _check_shapes(x, weight, lora_a, lora_b, bias, weight_layout)
     if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
         raise ValueError("lora_matmul treats weight and bias as frozen: set requires_grad=False on them")
-    if triton is None or not (x.is_cuda or (x.device.type == "cpu" and _interpreting())):
+    if not (_HAS_TRITON and (x.is_cuda or (x.device.type == "cpu" and _interpreter_ready()))):
         return lora_matmul_ref(x, weight, lora_a, lora_b, scale, bias, weight_layout=weight_layout)
     save_xa = torch.is_grad_enabled() and lora_b.requires_grad
     y, _ = torch.ops.kdfast.lora_matmul(

@@ -1,9 +1,11 @@
 """kernels/lora_matmul.py against its pure-torch reference.
 
-Without CUDA the real Triton kernel runs on CPU tensors under Triton's interpreter: this module sets
-TRITON_INTERPRET=1 before anything imports the kernels (and the kernel module rebuilds its kernels for the
-interpreter if another test module imported it first), so ``pytest tests/`` and ``pytest tests/test_lora_matmul.py``
-both run it. Tests marked ``gpu`` repeat the checks natively on CUDA and under torch.compile; they are skipped here.
+Without CUDA the real Triton kernel runs on CPU tensors under Triton's interpreter, which must be switched on
+before triton is imported. This module sets TRITON_INTERPRET=1 when it is imported; kdfast itself imports triton
+only when a kernel first runs, so ``pytest tests/`` and ``pytest tests/test_lora_matmul.py`` both run the kernel
+If another test module imported triton first (importing transformers' GPT-2 does, through torch._dynamo), the
+kernel tests skip here and ``test_kernel_tests_in_a_fresh_process`` runs this file again in a fresh process.
+Tests marked ``gpu`` repeat the checks natively on CUDA and under torch.compile; they are skipped here.
 
 Tolerances: fp32 to 1e-4 of the output's scale; fp16/bf16 judged against an fp32 reference computed from the same
 rounded inputs, flash-attention style: our error <= 2 x the error of torch's own same-dtype computation (PEFT's
@@ -12,7 +14,10 @@ three matmuls) + one ulp at the output's scale.
 
 import importlib
 import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +29,11 @@ from kdfast.kernels import lora_matmul as lm
 from kdfast.kernels.lora_matmul import fused_lora_supported, lora_matmul, lora_matmul_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNEL_RUNS = lm.is_available() and (DEVICE == "cuda" or lm._interpreting())
+KERNEL_RUNS = lm.is_available() and (DEVICE == "cuda" or lm._interpreter_ready())
 kernel_test = pytest.mark.skipif(
-    not KERNEL_RUNS, reason="the Triton kernel needs triton and CUDA, or TRITON_INTERPRET=1 on the CPU"
+    not KERNEL_RUNS,
+    reason="the Triton kernel needs triton and either CUDA or Triton's interpreter, which needs TRITON_INTERPRET=1 "
+    "set before triton is imported: something imported triton first, so run `TRITON_INTERPRET=1 pytest`",
 )
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -325,6 +332,20 @@ def test_imports_and_runs_without_triton(monkeypatch: pytest.MonkeyPatch) -> Non
     x, w, a, b, bias = make_inputs(4, 32, 48, 4, device="cpu")
     assert not fresh.fused_lora_supported(x)
     torch.testing.assert_close(fresh.lora_matmul(x, w, a, b, SCALE, bias), lora_matmul_ref(x, w, a, b, SCALE, bias))
+
+
+@pytest.mark.skipif(
+    KERNEL_RUNS or DEVICE == "cuda" or not lm.is_available(), reason="the kernel tests run in this process"
+)
+def test_kernel_tests_in_a_fresh_process() -> None:
+    """Triton was imported before this module could set TRITON_INTERPRET=1, so the kernel tests above skipped:
+    run this file in a fresh process where the interpreter is on from the start."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) >= 50, proc.stdout[-2000:]  # the kernel tests did run there
 
 
 # -- on the GPU: natively, larger M (the large-M configs), torch.compile with inductor, no host sync ----------------
