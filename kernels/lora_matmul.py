@@ -118,8 +118,8 @@ def _prune_lora_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Builds the Triton kernels on first use rather than at import: kdfast imports without triton, and Triton's
-    CPU interpreter (TRITON_INTERPRET=1) only applies to kernels decorated after it is set (pytest imports every
-    test module, and so possibly this one, before any test sets it)."""
+    CPU interpreter only takes effect if TRITON_INTERPRET=1 is set before triton is imported (pytest imports
+    every test module, and so possibly this one, before the kernel tests set it)."""
     import triton
     import triton.language as tl
 
@@ -138,7 +138,7 @@ def _kernels() -> SimpleNamespace:
         key=["M_BUCKET", "N", "K", "R"],
         prune_configs_by={"early_config_prune": _prune_lora_mm_configs},
     )
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # one binary for every M (masks only), fewer compiles
     def lora_mm_kernel(
         # pointers
         x_ptr,  # (M, K)
@@ -249,7 +249,7 @@ def _kernels() -> SimpleNamespace:
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
     @triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"])
-    @triton.jit
+    @triton.jit(do_not_specialize=["M", "M_BUCKET", "M_PER_SPLIT"])
     def lora_grad_kernel(
         # pointers
         g_ptr,  # (M, P) dy or x, any float dtype
