@@ -9,10 +9,12 @@ Providers, each computing y = x·W + bias + s·(x·A)·B for x [M, K]:
     unfused  three torch ops, the LoRA matmuls of PEFT: y = x·W + bias; xa = x·A; y += s·xa·B (torch.addmm with
              alpha, so the scale and the add ride the last GEMM; PEFT itself issues two more elementwise kernels)
     fused    kdfast.kernels.lora_matmul: one Triton kernel
-Each point is the median of triton.testing.do_bench (which flushes L2 between runs), after a warm-up call that
-also runs the autotuner. Printed: µs, TFLOP/s, GB/s and how close each point comes to its memory-bandwidth bound
-(the bytes it must move ÷ the card's bandwidth), with fused/merged (goal <= 1.10) and unfused/fused (goal >= 1.5
-for M <= 256). Rows are appended, with the GPU's name and the git commit, to benchmarks/results/lora_matmul.csv.
+Each point is the median of triton.testing.do_bench (which flushes L2 between runs), after a call that runs the
+autotuner and checks every provider against an fp32 reference (fused must meet the tests' criterion, else the run
+exits 1). Printed: µs, TFLOP/s, GB/s and how close each point comes to its memory-bandwidth bound (the bytes it
+must move ÷ the card's bandwidth), with fused/merged (goal <= 1.10) and unfused/fused (goal >= 1.5 for M <= 256).
+Rows are appended as they are measured, with the GPU's name and the git commit, to
+benchmarks/results/lora_matmul.csv.
 """
 
 import argparse
@@ -44,7 +46,7 @@ H100_SXM_TBPS = 3.35
 CSV_FIELDS = [
     "date", "gpu", "commit", "torch", "triton", "dtype", "layout", "shape", "m", "k", "n", "r", "provider",
     "us", "tflops", "gbps", "bytes", "bw_bound_us", "pct_of_bw_bound", "fused_over_merged", "unfused_over_fused",
-    "max_abs_err",
+    "max_abs_err", "fused_accurate",
 ]  # fmt: skip
 
 
@@ -129,8 +131,9 @@ def _fmt(value: object) -> object:
 def make_providers(
     m: int, k: int, n: int, r: int, dtype: torch.dtype, layout: str, scale: float, device: str = "cuda"
 ) -> dict[str, Callable[[], torch.Tensor]]:
-    """Zero-argument closures for the three providers over the same random inputs."""
-    from kdfast.kernels.lora_matmul import lora_matmul
+    """Zero-argument closures for the three providers over the same random inputs, and "reference": the same
+    function in fp32 (lora_matmul_ref)."""
+    from kdfast.kernels.lora_matmul import lora_matmul, lora_matmul_ref
 
     g = torch.Generator(device=device).manual_seed(0)
 
@@ -165,7 +168,15 @@ def make_providers(
     def fused() -> torch.Tensor:
         return lora_matmul(x, weight, lora_a, lora_b, scale, bias, weight_layout=layout)
 
-    return {"merged": merged, "unfused": unfused, "fused": fused}
+    def reference() -> torch.Tensor:
+        return lora_matmul_ref(x, weight, lora_a, lora_b, scale, bias, weight_layout=layout).float()
+
+    return {"merged": merged, "unfused": unfused, "fused": fused, "reference": reference}
+
+
+def fused_is_accurate(errors: dict[str, float], ref_max: float, dtype: torch.dtype) -> bool:
+    """flash-attention's criterion, as in the tests: fused error <= 2 x unfused torch's + one ulp of the output."""
+    return errors["fused"] <= 2 * errors["unfused"] + torch.finfo(dtype).eps * ref_max
 
 
 def median_ms(fn: Callable[[], object]) -> float:
@@ -191,24 +202,26 @@ def measure(args: argparse.Namespace, device: str = "cuda", time_ms: Callable = 
             k, n = GPT2_SHAPES[shape]
             for m in args.m:
                 fns = make_providers(m, k, n, args.rank, dtype, args.layout, args.scale, device)
-                ref = fns["merged"]().float()
-                err = (fns["fused"]().float() - ref).abs().max().item()  # also runs the autotuner
+                ref = fns["reference"]()
+                errors = {p: (fns[p]().float() - ref).abs().max().item() for p in PROVIDERS}  # fused: autotunes
+                accurate = fused_is_accurate(errors, ref.abs().max().item(), dtype)
                 us = {p: time_ms(fns[p]) * 1e3 for p in PROVIDERS}
                 fused_over_merged = us["fused"] / us["merged"]
                 unfused_over_fused = us["unfused"] / us["fused"]
                 common = {"date": date, "gpu": gpu, "commit": commit, "torch": torch.__version__,
                           "triton": triton_version, "dtype": dtype_name, "layout": args.layout, "shape": shape,
                           "m": m, "k": k, "n": n, "r": args.rank, "fused_over_merged": fused_over_merged,
-                          "unfused_over_fused": unfused_over_fused, "max_abs_err": err}  # fmt: skip
+                          "unfused_over_fused": unfused_over_fused, "fused_accurate": accurate}  # fmt: skip
                 elem = torch.finfo(dtype).bits // 8
                 metrics = {p: point_metrics(p, m, k, n, args.rank, elem, us[p], args.bandwidth_tbps) for p in PROVIDERS}
-                point_rows = [{**common, "provider": p, **metrics[p]} for p in PROVIDERS]
+                point_rows = [{**common, "provider": p, **metrics[p], "max_abs_err": errors[p]} for p in PROVIDERS]
                 append_csv(args.csv, point_rows)
                 rows += point_rows
                 f = metrics["fused"]
                 print(f"{shape:<12} {m:>5} {us['merged']:>8.1f} {us['unfused']:>8.1f} {us['fused']:>8.1f}  "
                       f"{f['tflops']:>7.1f} {f['gbps']:>6.0f} {f['pct_of_bw_bound']:>5.0f}  "
-                      f"{fused_over_merged:>12.2f} {unfused_over_fused:>13.2f}", flush=True)  # fmt: skip
+                      f"{fused_over_merged:>12.2f} {unfused_over_fused:>13.2f}"
+                      f"{'' if accurate else '  INACCURATE: ' + str(errors)}", flush=True)  # fmt: skip
     return rows
 
 
@@ -246,6 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Measures, appends to the CSV, prints the summary; exits 1 without CUDA or if fused results were wrong."""
     args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_lora_matmul: no CUDA GPU here; the fused kernel is Triton, so nothing was measured")
@@ -255,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("bench_lora_matmul: triton is not installed (pip install triton)")
     rows = measure(args)
     print(f"\n{summarize(rows)}\n{len(rows)} rows appended to {args.csv}")
+    inaccurate = [row for row in rows if row["provider"] == "fused" and not row["fused_accurate"]]
+    if inaccurate:
+        raise SystemExit(f"bench_lora_matmul: the fused kernel was inaccurate at {len(inaccurate)} points")
 
 
 if __name__ == "__main__":

@@ -74,45 +74,26 @@ def _interpreter_ready() -> bool:
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-# Autotuning configurations: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
-# Small M (online inference, M_BUCKET <= 64) is memory-bound: skinny tiles so that many programs stream W.
-_SMALL_M_TILES = (
-    (16, 32, 128, 4, 4),
-    (16, 64, 128, 4, 4),
-    (16, 64, 256, 4, 3),
-    (16, 128, 128, 4, 3),
-    (32, 64, 128, 4, 4),
-    (64, 64, 64, 4, 4),
-)
-# Large M is compute-bound: the Triton matmul tutorial's tiles (a wide BLOCK_N also amortises the xa recompute).
-_LARGE_M_TILES = (
-    (128, 256, 64, 8, 3),
-    (128, 128, 64, 8, 3),
-    (128, 128, 32, 4, 4),
-    (64, 128, 64, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 256, 32, 4, 4),
-)
-# Under the interpreter each program is numpy and autotuning would try every config: one config, big tiles.
-_INTERPRETER_TILES = ((32, 64, 64, 4, 1),)
+# Autotuning configurations, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), by M regime and dot dtype. All
+# compile for sm_90 without register spills at r <= 64 (benchmarks/compile_lora_matmul.py checks that without a
+# GPU). With KDFAST_AUTOTUNE=0 only the first of each is used: no tuning runs, and far fewer compiles.
+MM_TILES = {
+    # Small M (online inference, M_BUCKET <= 64) is memory-bound: skinny tiles so that many programs stream W.
+    ("small", "half"): ((16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (64, 64, 64, 4, 4)),
+    # Large M is compute-bound: wgmma tiles (128 x 256 spills once the xa accumulator and epilogue are added).
+    ("large", "half"): ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4)),
+    # fp32 runs "ieee" dots on the FMA units (exact, like torch's default): register-bound, so small tiles.
+    ("small", "fp32"): ((16, 64, 64, 4, 3),),
+    ("large", "fp32"): ((32, 64, 32, 4, 3),),
+}
+INTERPRETER_TILE = (32, 64, 64, 4, 1)  # each program is numpy there: one config, big tiles
 # The gradient reduction: (BLOCK_P, BLOCK_M, num_warps, num_stages).
-_GRAD_TILES = ((64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 3))
-_GRAD_INTERPRETER_TILES = ((64, 64, 4, 1),)
+GRAD_TILES = ((64, 64, 4, 3), (128, 32, 4, 3))
+GRAD_INTERPRETER_TILE = (64, 64, 4, 1)
 
 
-def _prune_lora_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
-    """Small-M configs for M_BUCKET <= 64, large-M ones above; no 256-wide N tiles next to a wide xa."""
-    if len(configs) == 1:
-        return configs
-
-    def tile(c) -> tuple[int, ...]:
-        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-
-    small = named_args["M_BUCKET"] <= 64
-    pruned = [c for c in configs if (tile(c) in _SMALL_M_TILES) == small]
-    if kwargs.get("BLOCK_R", 16) >= 64:
-        pruned = [c for c in pruned if c.kwargs["BLOCK_N"] < 256] or pruned
-    return pruned
+def _autotuning() -> bool:
+    return os.environ.get("KDFAST_AUTOTUNE", "1") != "0"
 
 
 @functools.cache
@@ -123,20 +104,27 @@ def _kernels() -> SimpleNamespace:
     import triton
     import triton.language as tl
 
-    interpret = _interpreting()
-    mm_configs = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in (_INTERPRETER_TILES if interpret else _SMALL_M_TILES + _LARGE_M_TILES)
-    ]
-    grad_configs = [
-        triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, num_warps=w, num_stages=s)
-        for bp, bm, w, s in (_GRAD_INTERPRETER_TILES if interpret else _GRAD_TILES)
-    ]
+    interpret, tune = _interpreting(), _autotuning()
+
+    def mm_config(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)
+
+    mm_groups = {
+        group: [mm_config(*INTERPRETER_TILE)] if interpret else [mm_config(*t) for t in (tiles if tune else tiles[:1])]
+        for group, tiles in MM_TILES.items()
+    }
+    grad_tiles = [GRAD_INTERPRETER_TILE] if interpret else list(GRAD_TILES if tune else GRAD_TILES[:1])
+    grad_configs = [triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, w, s) for bp, bm, w, s in grad_tiles]
+
+    def prune_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
+        """The configs of this call's group: M regime (M_BUCKET <= 64 is small) and dot dtype."""
+        regime = "small" if named_args["M_BUCKET"] <= 64 else "large"
+        return mm_groups[(regime, "fp32" if kwargs["DOT_DTYPE"] == tl.float32 else "half")]
 
     @triton.autotune(
-        configs=mm_configs,
+        configs=[c for group in mm_groups.values() for c in group],
         key=["M_BUCKET", "N", "K", "R"],
-        prune_configs_by={"early_config_prune": _prune_lora_mm_configs},
+        prune_configs_by={"early_config_prune": prune_mm_configs},
     )
     @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # one binary for every M (masks only), fewer compiles
     def lora_mm_kernel(
@@ -644,6 +632,9 @@ def lora_matmul(
         lora_a: [r, K]; lora_b: [N, r] (PEFT's shapes); any r >= 1.
         scale: LoRA's alpha / r.
         bias: frozen [N] or None.
+
+    The operands may differ in dtype (fp32 LoRA parameters next to fp16 activations, as under autocast): tiles are
+    cast to x's dtype on chip, and each gradient comes back in its tensor's dtype. ``scale`` is a Python float.
 
     Runs the Triton kernel on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1``); otherwise, or
     without triton, ``lora_matmul_ref``.

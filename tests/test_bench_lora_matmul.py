@@ -86,9 +86,16 @@ def test_exits_without_cuda(bench) -> None:
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
 def test_providers_compute_the_same_function(bench, layout: str) -> None:
     fns = bench.make_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device="cpu")
-    merged = fns["merged"]()
-    for provider in ("unfused", "fused"):
-        torch.testing.assert_close(fns[provider](), merged, rtol=1e-4, atol=1e-4)
+    reference = fns["reference"]()
+    for provider in bench.PROVIDERS:
+        torch.testing.assert_close(fns[provider](), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_is_accurate(bench) -> None:
+    eps = torch.finfo(torch.float16).eps
+    assert bench.fused_is_accurate({"fused": 1e-3, "unfused": 1e-3}, 1.0, torch.float16)
+    assert bench.fused_is_accurate({"fused": 2e-3 + eps, "unfused": 1e-3}, 1.0, torch.float16)
+    assert not bench.fused_is_accurate({"fused": 3e-3 + 2 * eps, "unfused": 1e-3}, 1.0, torch.float16)
 
 
 def test_measure_table_and_rows(bench, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -102,6 +109,6 @@ def test_measure_table_and_rows(bench, capsys: pytest.CaptureFixture[str], tmp_p
     fused = [row for row in rows if row["provider"] == "fused"]
     assert all(row["fused_over_merged"] == pytest.approx(1.1) for row in fused)
     assert all(row["unfused_over_fused"] == pytest.approx(30 / 11) for row in fused)
-    assert all(row["max_abs_err"] < 1e-3 for row in fused)
+    assert all(row["max_abs_err"] < 1e-3 and row["fused_accurate"] for row in fused)
     assert "attn.c_proj" in capsys.readouterr().out
     assert len(args.csv.read_text().splitlines()) == 1 + len(rows)  # appended point by point

@@ -24,6 +24,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # one configuration per group (far fewer compiles); bench_lora_matmul.py autotunes and checks the winners
+    os.environ.setdefault("KDFAST_AUTOTUNE", "0")
 
 from kdfast.kernels import lora_matmul as lm
 from kdfast.kernels.lora_matmul import fused_lora_supported, lora_matmul, lora_matmul_ref
@@ -203,6 +205,21 @@ def test_forward_3d_input_and_strided_views() -> None:
 
 
 @kernel_test
+def test_mixed_dtypes() -> None:
+    """fp16 activations with fp32 weight and LoRA parameters (as under autocast): tiles are cast to x's dtype on
+    chip, y and dx come back in fp16, dA and dB in fp32."""
+    x, w, a, b, bias = make_inputs(33, 127, 401, 4)
+    x16, dy16 = x.half(), torch.randn(33, 401, device=DEVICE).half()
+    ours = grads(lora_matmul, x16, w, a, b, bias, dy16, "linear")
+    rounded = [t.half().float() for t in (w, a, b)]  # what the kernel multiplies
+    ref32 = grads(lora_matmul_ref, x16.float(), *rounded, bias, dy16.float(), "linear")
+    for name, got, want, dtype in zip(("y", "dx", "dA", "dB"), ours, ref32, (torch.half, torch.half, w.dtype, w.dtype),
+                                      strict=True):  # fmt: skip
+        assert got.dtype == dtype, name
+        assert (got.float() - want).abs().max() <= 1e-3 * want.abs().max(), name
+
+
+@kernel_test
 def test_empty_input() -> None:
     x, w, a, b, bias = make_inputs(0, 32, 48, 4)
     assert lora_matmul(x, w, a, b, SCALE, bias).shape == (0, 48)
@@ -332,6 +349,16 @@ def test_imports_and_runs_without_triton(monkeypatch: pytest.MonkeyPatch) -> Non
     x, w, a, b, bias = make_inputs(4, 32, 48, 4, device="cpu")
     assert not fresh.fused_lora_supported(x)
     torch.testing.assert_close(fresh.lora_matmul(x, w, a, b, SCALE, bias), lora_matmul_ref(x, w, a, b, SCALE, bias))
+
+
+@pytest.mark.skipif(not lm.is_available(), reason="needs triton")
+def test_kernels_compile_for_h100() -> None:
+    """What the interpreter cannot check: the kernels lower to sm_90 code (Triton's bundled ptxas, no GPU needed),
+    within shared memory and without register spills, for one configuration per group."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "benchmarks/compile_lora_matmul.py", "--quick", "--no-spills"]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
 @pytest.mark.skipif(
