@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10: 90 for H100, 80 for A100")
     p.add_argument("--quick", action="store_true", help="first configuration of each group, fp16, r = 16")
     p.add_argument("--no-spills", action="store_true", help="exit 1 if any configuration spills registers")
+    p.add_argument("--dtypes", nargs="+", choices=["fp16", "bf16", "fp32"], default=["fp16", "bf16", "fp32"])
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("compile_lora_matmul: unset TRITON_INTERPRET (the interpreter compiles nothing)")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     kernels = lm._kernels()
     dot = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32}
-    dtypes = ["fp16"] if args.quick else ["fp16", "bf16", "fp32"]
+    dtypes = ["fp16"] if args.quick else args.dtypes
     ranks = [16] if args.quick else [16, 64]
     failed, spilled = 0, 0
     smem_limit = SMEM_LIMIT_KB.get(args.arch, 99)

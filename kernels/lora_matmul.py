@@ -82,9 +82,9 @@ MM_TILES = {
     ("small", "half"): ((16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (64, 64, 64, 4, 4)),
     # Large M is compute-bound: wgmma tiles (128 x 256 spills once the xa accumulator and epilogue are added).
     ("large", "half"): ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4)),
-    # fp32 runs "ieee" dots on the FMA units (exact, like torch's default): register-bound, so small tiles.
-    ("small", "fp32"): ((16, 64, 64, 4, 3),),
-    ("large", "fp32"): ((32, 64, 32, 4, 3),),
+    # fp32 runs "ieee" dots on the FMA units (exact, like torch's default): register-bound, so one small tile.
+    ("small", "fp32"): ((32, 64, 32, 8, 3),),
+    ("large", "fp32"): ((32, 64, 32, 8, 3),),
 }
 INTERPRETER_TILE = (32, 64, 64, 4, 1)  # each program is numpy there: one config, big tiles
 # The gradient reduction: (BLOCK_P, BLOCK_M, num_warps, num_stages).

@@ -96,6 +96,8 @@ def test_fused_is_accurate(bench) -> None:
     assert bench.fused_is_accurate({"fused": 1e-3, "unfused": 1e-3}, 1.0, torch.float16)
     assert bench.fused_is_accurate({"fused": 2e-3 + eps, "unfused": 1e-3}, 1.0, torch.float16)
     assert not bench.fused_is_accurate({"fused": 3e-3 + 2 * eps, "unfused": 1e-3}, 1.0, torch.float16)
+    assert bench.fused_is_accurate({"fused": 5e-4, "unfused": 0.0}, 10.0, torch.float32)
+    assert not bench.fused_is_accurate({"fused": 2e-3, "unfused": 1e-3}, 10.0, torch.float32)
 
 
 def test_measure_table_and_rows(bench, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
