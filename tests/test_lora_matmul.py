@@ -2,9 +2,9 @@
 
 Without CUDA the real Triton kernel runs on CPU tensors under Triton's interpreter, which must be switched on
 before triton is imported. This module sets TRITON_INTERPRET=1 when it is imported; kdfast itself imports triton
-only when a kernel first runs, so ``pytest tests/`` and ``pytest tests/test_lora_matmul.py`` both run the kernel
-If another test module imported triton first (importing transformers' GPT-2 does, through torch._dynamo), the
-kernel tests skip here and ``test_kernel_tests_in_a_fresh_process`` runs this file again in a fresh process.
+only when a kernel first runs. If another test module imported triton first (importing transformers' GPT-2 does,
+through torch._dynamo), the kernel tests skip here and ``test_kernel_tests_in_a_fresh_process`` runs this file
+again in a fresh process; either way ``pytest tests/`` runs the kernel.
 Tests marked ``gpu`` repeat the checks natively on CUDA and under torch.compile; they are skipped here.
 
 Tolerances: fp32 to 1e-4 of the output's scale; fp16/bf16 judged against an fp32 reference computed from the same
@@ -34,8 +34,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_RUNS = lm.is_available() and (DEVICE == "cuda" or lm._interpreter_ready())
 kernel_test = pytest.mark.skipif(
     not KERNEL_RUNS,
-    reason="the Triton kernel needs triton and either CUDA or Triton's interpreter, which needs TRITON_INTERPRET=1 "
-    "set before triton is imported: something imported triton first, so run `TRITON_INTERPRET=1 pytest`",
+    reason="needs triton and CUDA, or Triton's interpreter, which needs TRITON_INTERPRET=1 before triton is "
+    "imported: something imported it first (test_kernel_tests_in_a_fresh_process runs these tests instead)",
 )
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
