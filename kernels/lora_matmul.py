@@ -516,10 +516,11 @@ if _HAS_TRITON:  # (registered at import so that torch.compile sees the ops; the
 
     @_lora_matmul_backward_op.register_fake
     def _(dy, x, weight, lora_a, lora_b, xa, scale, weight_layout, needs_dx, needs_da, needs_db):
+        # contiguous, like the real ones, whatever the inputs' strides
         return (
-            torch.empty_like(x) if needs_dx else x.new_empty(0),
-            torch.empty_like(lora_a) if needs_da else lora_a.new_empty(0),
-            torch.empty_like(lora_b) if needs_db else lora_b.new_empty(0),
+            dy.new_empty(x.shape) if needs_dx else x.new_empty(0),
+            lora_a.new_empty(lora_a.shape) if needs_da else lora_a.new_empty(0),
+            lora_b.new_empty(lora_b.shape) if needs_db else lora_b.new_empty(0),
         )
 
     def _setup_context(ctx, inputs, output) -> None:

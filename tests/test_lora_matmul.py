@@ -295,6 +295,10 @@ def test_opcheck() -> None:
     dy, xa = torch.randn(20, 40, device=DEVICE), torch.randn(20, 4, device=DEVICE)
     args = (dy, x.detach(), w, a.detach(), b.detach(), xa, SCALE, "conv1d", True, True, True)
     torch.library.opcheck(torch.ops.kdfast.lora_matmul_backward.default, args)
+    # non-contiguous inputs: the fake outputs must still be laid out like the real (contiguous) ones
+    xs, as_ = x.detach().t().contiguous().t(), a.detach().t().contiguous().t()
+    args = (dy, xs, w, as_, b.detach(), xa, SCALE, "conv1d", True, True, True)
+    torch.library.opcheck(torch.ops.kdfast.lora_matmul_backward.default, args)
 
 
 @kernel_test
