@@ -1,0 +1,116 @@
+"""benchmarks/bench_lora_matmul.py's CPU-side logic: the cost model, the CSV, and its exit without CUDA."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lora_matmul.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_lora_matmul", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops(bench) -> None:
+    assert bench.flops("merged", 2, 3, 5, 4) == 2 * 2 * 3 * 5
+    assert bench.flops("fused", 2, 3, 5, 4) == 2 * 2 * 3 * 5 + 2 * 2 * 3 * 4 + 2 * 2 * 4 * 5
+    assert bench.flops("unfused", 2, 3, 5, 4) == bench.flops("fused", 2, 3, 5, 4)
+
+
+def test_bytes_moved(bench) -> None:
+    m, k, n, r = 2, 3, 5, 4
+    assert bench.bytes_moved("merged", m, k, n, r, 2) == 2 * (m * k + k * n + n + m * n)
+    assert bench.bytes_moved("fused", m, k, n, r, 2) == 2 * (m * k + k * n + r * k + n * r + n + m * n)
+    assert bench.bytes_moved("fused", m, k, n, r, 2, bias=False) == 2 * (m * k + k * n + r * k + n * r + m * n)
+    # unfused: x twice, y written, read, written again, xa written and read
+    unfused = 2 * m * k + k * n + r * k + n * r + n + 3 * m * n + 2 * m * r
+    assert bench.bytes_moved("unfused", m, k, n, r, 4) == 4 * unfused
+    with pytest.raises(ValueError):
+        bench.bytes_moved("cublas", m, k, n, r, 2)
+
+
+def test_gpt2_decode_step_is_weight_bound(bench) -> None:
+    """At M = 1 the bytes are essentially the weight: 768 x 2304 fp16 ~ 3.5 MB, ~1 µs at 3.35 TB/s."""
+    n_bytes = bench.bytes_moved("merged", 1, 768, 2304, 16, 2)
+    assert 768 * 2304 * 2 <= n_bytes < 768 * 2304 * 2 * 1.01
+    assert bench.bandwidth_bound_us(n_bytes, 3.35) == pytest.approx(n_bytes / 3.35e6)
+
+
+def test_point_metrics(bench) -> None:
+    got = bench.point_metrics("fused", 64, 768, 768, 16, 2, us=10.0, tbps=3.35)
+    n_bytes = bench.bytes_moved("fused", 64, 768, 768, 16, 2)
+    assert got["gbps"] == pytest.approx(n_bytes / 10e-6 / 1e9)
+    assert got["tflops"] == pytest.approx(bench.flops("fused", 64, 768, 768, 16) / 10e-6 / 1e12)
+    assert got["pct_of_bw_bound"] == pytest.approx(100 * bench.bandwidth_bound_us(n_bytes, 3.35) / 10.0)
+
+
+def test_append_csv_writes_header_once(bench, tmp_path: Path) -> None:
+    path = tmp_path / "results" / "lora_matmul.csv"
+    bench.append_csv(path, [{"gpu": "H100", "m": 1, "provider": "fused", "us": 12.3456789}])
+    bench.append_csv(path, [{"gpu": "H100", "m": 8, "provider": "merged", "us": 4.0}])
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == bench.CSV_FIELDS
+    assert [(row["m"], row["provider"], row["us"]) for row in rows] == [("1", "fused", "12.3457"), ("8", "merged", "4")]
+
+
+def test_summarize(bench) -> None:
+    rows = [
+        {"provider": "fused", "fused_over_merged": 1.05, "unfused_over_fused": 1.8, "m": 8, "dtype": "fp16",
+         "shape": "attn.c_attn"},
+        {"provider": "fused", "fused_over_merged": 1.2, "unfused_over_fused": 1.1, "m": 4096, "dtype": "bf16",
+         "shape": "mlp.c_fc"},
+    ]  # fmt: skip
+    text = bench.summarize(rows)
+    assert "1.20" in text and "M=4096" in text and "1.80" in text
+
+
+def test_git_commit(bench) -> None:
+    assert bench.git_commit() != ""
+    assert bench.git_commit(Path("/")) == "unknown"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit without CUDA")
+def test_exits_without_cuda(bench) -> None:
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        bench.main(["--m", "1"])
+
+
+@pytest.mark.parametrize("layout", ["conv1d", "linear"])
+def test_providers_compute_the_same_function(bench, layout: str) -> None:
+    fns = bench.make_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device="cpu")
+    reference = fns["reference"]()
+    for provider in bench.PROVIDERS:
+        torch.testing.assert_close(fns[provider](), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_is_accurate(bench) -> None:
+    eps = torch.finfo(torch.float16).eps
+    assert bench.fused_is_accurate({"fused": 1e-3, "unfused": 1e-3}, 1.0, torch.float16)
+    assert bench.fused_is_accurate({"fused": 2e-3 + eps, "unfused": 1e-3}, 1.0, torch.float16)
+    assert not bench.fused_is_accurate({"fused": 3e-3 + 2 * eps, "unfused": 1e-3}, 1.0, torch.float16)
+    assert bench.fused_is_accurate({"fused": 5e-4, "unfused": 0.0}, 10.0, torch.float32)
+    assert not bench.fused_is_accurate({"fused": 2e-3, "unfused": 1e-3}, 10.0, torch.float32)
+
+
+def test_measure_table_and_rows(bench, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The whole measurement loop on the CPU with a fake timer: the table prints and every row is complete."""
+    args = bench.parse_args(["--m", "1", "3", "--shapes", "attn.c_proj", "--dtype", "fp32", "--rank", "4",
+                             "--csv", str(tmp_path / "out.csv")])  # fmt: skip
+    fake_ms = {"merged": 0.010, "unfused": 0.030, "fused": 0.011}
+    calls = iter(fake_ms[p] for _ in args.m for p in bench.PROVIDERS)
+    rows = bench.measure(args, device="cpu", time_ms=lambda fn: next(calls))
+    assert len(rows) == 2 * 3 and all(set(row) == set(bench.CSV_FIELDS) for row in rows)
+    fused = [row for row in rows if row["provider"] == "fused"]
+    assert all(row["fused_over_merged"] == pytest.approx(1.1) for row in fused)
+    assert all(row["unfused_over_fused"] == pytest.approx(30 / 11) for row in fused)
+    assert all(row["max_abs_err"] < 1e-3 and row["fused_accurate"] for row in fused)
+    assert "attn.c_proj" in capsys.readouterr().out
+    assert len(args.csv.read_text().splitlines()) == 1 + len(rows)  # appended point by point
