@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("compile_lora_matmul: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     import triton.language as tl
+
     from kdfast.kernels import lora_matmul as lm
 
     kernels = lm._kernels()

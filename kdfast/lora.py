@@ -69,11 +69,13 @@ class LoRALinear(nn.Module):
         if self.merged:
             return self.base(x)
         if self.use_fused and x.is_cuda and (not self.training or isinstance(self.dropout, nn.Identity)):
-            from kdfast.kernels.lora_matmul import lora_matmul
+            # One fused Triton kernel for x·W + b + s·(x·A)·B (dropout, when it is active, needs the plain path).
+            from kdfast.kernels.lora_matmul import fused_lora_supported, lora_matmul
 
-            layout = "conv1d" if self.fan_in_fan_out else "linear"
-            return lora_matmul(x, self.base.weight, self.lora_A, self.lora_B, self.scaling, self.base.bias,
-                               weight_layout=layout)
+            if fused_lora_supported(x):
+                layout = "conv1d" if self.fan_in_fan_out else "linear"
+                return lora_matmul(x, self.base.weight, self.lora_A, self.lora_B, self.scaling, self.base.bias,
+                                   weight_layout=layout)
         # (.., in) @ (in, r) @ (r, out) -> (.., out): never materialise B·A while training
         return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
 

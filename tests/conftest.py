@@ -4,8 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("KDFAST_NO_PROGRESS", "1")
+# Triton's interpreter runs the real kernels on CPU tensors; it must be switched on before anything imports triton
+# (transformers' GPT-2 does, through torch._dynamo), so it is set here, before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from helpers import COLA_DIR, save_tiny_gpt2
 

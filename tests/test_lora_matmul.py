@@ -441,3 +441,50 @@ def test_gpu_no_host_sync() -> None:
         grads(lora_matmul, x, w, a, b, bias, dy, "linear")
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_lora_linear_fused_flag_is_exact_on_cpu(layout: str) -> None:
+    """On the CPU, LoRALinear(use_fused=True) keeps the plain path: the same numbers to the bit."""
+    from transformers.pytorch_utils import Conv1D
+
+    from kdfast.lora import LoRALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 40) if layout == "linear" else Conv1D(40, 24)
+    layer = LoRALinear(base, rank=4, alpha=8).eval()
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(3, 5, 24)
+    plain = layer(x)
+    layer.use_fused = True
+    assert torch.equal(layer(x), plain)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_linear_fused_matches_plain_on_cuda(layout: str, dtype: torch.dtype) -> None:
+    """LoRALinear routes through the kernel on CUDA; forward and the LoRA grads match its plain path."""
+    from transformers.pytorch_utils import Conv1D
+
+    from kdfast.lora import LoRALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(768, 2304) if layout == "linear" else Conv1D(2304, 768)
+    layer = LoRALinear(base, rank=8, alpha=16).to("cuda", dtype).eval()
+    torch.nn.init.normal_(layer.lora_B, std=0.02)
+    for p in layer.base.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 17, 768, device="cuda", dtype=dtype)
+    dy = torch.randn(4, 17, 2304, device="cuda", dtype=dtype)
+    outs = {}
+    for fused in (False, True):
+        layer.use_fused = fused
+        layer.zero_grad()
+        y = layer(x)
+        y.backward(dy)
+        outs[fused] = (y.float(), layer.lora_A.grad.float(), layer.lora_B.grad.float())
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2}[dtype]
+    for plain, fused in zip(outs[False], outs[True], strict=True):
+        torch.testing.assert_close(fused, plain, rtol=tol, atol=tol)
