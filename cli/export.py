@@ -46,9 +46,10 @@ def print_report(manifest: dict[str, Any]) -> None:
                       f"max |Δlogit| ≤ atol, int8 and fp16 ≥ 99% of labels; (batch, seq) shapes run on each: "
                       + ", ".join(f"({s['batch']}, {s['seq']})" for s in shapes))
         for v in parity["variants"]:
-            bad = [s for s in v["shapes"] if not s["ok"]]
-            if bad:
-                console.print(f"[red]shape check failed[/] for {v['file']}: {bad}")
+            for s in v["shapes"]:
+                if not s["ok"]:
+                    why = s.get("error") or f"output {s['output_shape']}, max |Δlogit| {s['max_abs_diff']:.2e}"
+                    console.print(f"[red]shape ({s['batch']}, {s['seq']}) failed[/] for {v['file']}: {why}")
             if v["note"]:
                 console.print(f"[yellow]note[/]: {v['file']}: {v['note']}")
     fused = (manifest.get("optimizer") or {}).get("fused")
