@@ -42,7 +42,7 @@ from torch import nn
 
 from kdfast import __version__
 from kdfast.batching import pad_batch
-from kdfast.data import load_cola, subsample
+from kdfast.data import Example, load_cola, subsample
 from kdfast.errors import KdfastError
 from kdfast.lora import unwrap_merged
 from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
@@ -372,7 +372,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.optimize and source.optimizer_type is None:
         raise KdfastError(f"--optimize: ONNX Runtime's transformer optimizer has nothing to fuse in a "
                           f"{source.meta.get('model_type') or source.meta['architecture']} model")
-    dev = []
+    dev: list[Example] = []
     data_source = None
     if cfg.check:
         data = cfg.data
@@ -410,7 +410,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             "source_run": {"path": str(run_dir.resolve()), "kind": info["kind"], "mode": info.get("mode"),
                            "run": info, **source.meta},
             "exporter": {"name": "torchscript", "call": "torch.onnx.export(dynamo=False)",
-                         "why": "right for GPT-2, BERT and RNNs in torch 2.13; see kdfast/export.py"},
+                         "why": "torch 2.13's dynamo exporter: GPT-2 at opset 17 fails ORT's checker, ORT's GPT-2 "
+                                "optimizer crashes on its graph, wrong GRU/LSTM results reported"},
             "opset": cfg.opset,
             "inputs": io["inputs"],
             "outputs": io["outputs"],
@@ -446,7 +447,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[dict[str, Any]],
-              dev: list[Any], data_source: str | None, say: Callable[..., None]) -> dict[str, Any]:
+              dev: list[Example], data_source: str | None, say: Callable[..., None]) -> dict[str, Any]:
     """Every variant against PyTorch on ``dev``; fp16 on CUDA when ONNX Runtime has it, else on the CPU, said so."""
     if not cfg.check:
         return {"checked": False, "passed": None, "note": "--no-check: nothing was compared with PyTorch"}

