@@ -12,8 +12,8 @@ One stage, shaped setup → export → variants → check → save (``run``). It
 
 The exporter is TorchScript's (``torch.onnx.export(dynamo=False)``), deprecated since torch 2.9 but right for all our
 models in torch 2.13: the dynamo exporter's opset-17 graph of GPT-2 fails ONNX Runtime's checker (a ``Split`` with
-opset-18 attributes), ONNX Runtime's GPT-2 optimizer crashes on its graph even at opset 18, and it has given silently
-wrong GRU/LSTM results. The manifest records which exporter wrote the file.
+opset-18 attributes), ONNX Runtime's GPT-2 optimizer crashes on its graph even at opset 18, and it has been reported
+to give silently wrong GRU/LSTM results (issue 5). The manifest records which exporter wrote the file.
 
 GPT-2 traps, handled here: transformers 5's GPT-2 takes ``past_key_values`` as its second positional argument, so
 the model is exported through a wrapper that passes keywords (and ``use_cache=False``); GPT-2 pads with
@@ -411,7 +411,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                            "run": info, **source.meta},
             "exporter": {"name": "torchscript", "call": "torch.onnx.export(dynamo=False)",
                          "why": "torch 2.13's dynamo exporter: GPT-2 at opset 17 fails ORT's checker, ORT's GPT-2 "
-                                "optimizer crashes on its graph, wrong GRU/LSTM results reported"},
+                                "optimizer crashes on its graph, GRU/LSTM reported wrong"},
             "opset": cfg.opset,
             "inputs": io["inputs"],
             "outputs": io["outputs"],
