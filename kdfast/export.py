@@ -176,18 +176,33 @@ def load_teacher_for_export(run_dir: Path) -> ExportSource:
     )
 
 
+class StudentLogits(nn.Module):
+    """The student with input_ids alone: its mask is ``input_ids != pad_id`` (a word is never the pad id)."""
+
+    def __init__(self, model: nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.model, self.pad_id = model, pad_id
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (B, T) int64, right-padded with pad_id -> logits (B, 2)
+        return self.model(input_ids, (input_ids != self.pad_id).long())
+
+
 def load_student_for_export(run_dir: Path) -> tuple[nn.Module, Callable[[list[str]], list[list[int]]], int]:
     """(module taking input_ids (B, T) int64 -> logits (B, 2), encode(sentences) -> ids, pad id) of a student run.
 
-    The one place that knows ``kdfast.student``: ``load_student(run_dir) -> (DistilRNN on the CPU, vocab)`` with
-    ``vocab.encode(sentences) -> list[list[int]]``, and ``PAD_ID`` (0, masked by the model).
+    The one place that knows ``kdfast.student`` (branch ``student``): ``load_student(run_dir) -> (DistilRNN on the
+    CPU in eval mode, WordVocab, max_length)``, ``DistilRNN(input_ids, attention_mask) -> logits``,
+    ``WordVocab.encode(sentence, max_length) -> ids`` and ``WordVocab.pad_id``.
     """
     try:
-        from kdfast import student
+        from kdfast.student import load_student
     except ImportError:
         raise KdfastError(f"{run_dir}: a student run, but this kdfast has no kdfast.student to load it") from None
-    model, vocab = student.load_student(run_dir)
-    return model.eval(), vocab.encode, int(getattr(student, "PAD_ID", 0))
+    model, vocab, max_length = load_student(run_dir)
+    pad_id = int(vocab.pad_id)
+    return (StudentLogits(model, pad_id).eval(), lambda sentences: [vocab.encode(s, max_length) for s in sentences],
+            pad_id)
 
 
 def student_source(run_dir: Path) -> ExportSource:
@@ -198,11 +213,13 @@ def student_source(run_dir: Path) -> ExportSource:
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, folder / name)
 
+    inner = getattr(module, "model", module)
     return ExportSource(kind="student", module=module, input_names=["input_ids"], encode=encode_fn, pad_id=pad_id,
                         save_preprocessing=save_vocab,
-                        meta={"architecture": type(module).__name__,
+                        meta={"architecture": type(inner).__name__,
                               "parameters": sum(p.numel() for p in module.parameters()),
-                              "preprocessing": {"vocab": "vocab.json", "pad_id": pad_id, "padding_side": "right"}})
+                              "preprocessing": {"vocab": "vocab.json", "config": "student_config.json (max_length)",
+                                                "pad_id": pad_id, "padding_side": "right"}})
 
 
 # --- ONNX files
@@ -235,12 +252,12 @@ def export_onnx(source: ExportSource, path: Path, opset: int) -> None:
         # The exporter's own deprecation notice (see the module docstring), the tracer's notes on Python booleans
         # read from tensors (transformers keeps the mask when it sees a trace, and the example has padding), and
         # aten::index's warning about negative indices (GPT-2's pooled index is an argmax, never negative), and the
-        # LSTM's warning that a batch size other than 1 may freeze into its initial state (the shape checks run
+        # RNNs' warning that a batch size other than 1 may freeze into the initial state (the shape checks run
         # batches of 1, 3 and 8 and would catch it).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
-        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM.*")
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*(LSTM|GRU)")
         torch.onnx.export(source.module, source.example(), str(path), dynamo=False, opset_version=opset,
                           input_names=source.input_names, output_names=["logits"], dynamic_axes=axes,
                           do_constant_folding=True)

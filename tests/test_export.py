@@ -242,15 +242,30 @@ def test_a_frozen_axis_is_caught(tmp_path: Path, cola_dir: Path) -> None:
     assert not result["shapes_ok"] and not result["passed"]
 
 
-def test_student_run_exports(tmp_path: Path, cola_dir: Path) -> None:
-    student = pytest.importorskip("kdfast.student")
+@pytest.mark.parametrize(("cell", "pooling"), [("lstm", "max"), ("gru", "last")])
+def test_student_run_exports(tmp_path: Path, cola_dir: Path, cell: str, pooling: str) -> None:
+    """A real (tiny) student run, bidirectional: skipped until kdfast.student is merged."""
+    pytest.importorskip("kdfast.student")
+    distill = pytest.importorskip("kdfast.distill")
     run_dir = tmp_path / "student"
-    student.run(student.StudentConfig(data=str(cola_dir), out=run_dir, mode="scratch", epochs=1,
-                                      max_train_samples=256, progress=False))
+    distill.run(distill.ScratchConfig(data=str(cola_dir), out=run_dir, epochs=1, max_train_samples=256, cell=cell,
+                                      pooling=pooling, embed_dim=16, hidden=16, device="cpu", progress=False))
     manifest = run(ExportConfig(run_dir=run_dir, int8=True, max_check_sentences=N_CHECK, progress=False))
-    assert manifest["parity"]["passed"]
+    assert manifest["parity"]["passed"], manifest["parity"]
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids"]
     assert manifest["parity"]["variants"][0]["agreement"] == 1.0
+    from kdfast.evaluate import run_logits  # what kdfast eval computes for the student, through PyTorch
+
+    sentences = dev_sentences(cola_dir, 32)
+    ids = load_student_ids(run_dir, sentences)
+    got = session(run_dir / "onnx" / "model.onnx").run(["logits"], {"input_ids": fit_batch(ids, 0, 50)[0].numpy()})[0]
+    np.testing.assert_allclose(got, run_logits(run_dir, sentences, torch.device("cpu")), atol=1e-4, rtol=0)
+
+
+def load_student_ids(run_dir: Path, sentences: list[str]) -> list[list[int]]:
+    from kdfast.export import load_student_for_export
+
+    return load_student_for_export(run_dir)[1](sentences)
 
 
 # --- errors leave nothing behind
