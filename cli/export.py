@@ -1,0 +1,95 @@
+"""``kdfast export --onnx``: a run folder to ONNX, with its parity table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from kdfast.cli.main import app
+from kdfast.cli.output import console
+from kdfast.errors import KdfastError
+from kdfast.export import ExportConfig, ParityError
+from kdfast.export import run as run_export
+
+
+def parity_table(manifest: dict[str, Any]) -> Table:
+    """One row per model: PyTorch first, then every ONNX variant with its agreement and max |Δlogit|."""
+    parity = manifest["parity"]
+    table = Table(title=f"ONNX vs PyTorch, {parity['sentences']} dev sentences")
+    table.add_column("model")
+    for col in ("agreement", "max |Δlogit|", "dev acc", "dev MCC", "verdict"):
+        table.add_column(col, justify="right")
+    ref = parity["pytorch"]["metrics"]
+    table.add_row("pytorch", "", "", f"{ref['dev_acc']:.4f}", f"{ref['dev_mcc']:.4f}", "reference")
+    for v in parity["variants"]:
+        provider = v["provider"].removesuffix("ExecutionProvider")
+        name = f"{v['variant']} ({provider})" if v["variant"] == "fp16" or provider != "CPU" else v["variant"]
+        if not v["checked"]:
+            table.add_row(name, "", "", "", "", "[yellow]NOT CHECKED[/]")
+            continue
+        m = v["metrics"]
+        verdict = "[green]pass[/]" if v["passed"] else "[red]FAIL[/]" + ("" if v["shapes_ok"] else " (shapes)")
+        table.add_row(name, f"{v['agreement']:.2%}", f"{v['max_abs_diff']:.2e}", f"{m['dev_acc']:.4f}",
+                      f"{m['dev_mcc']:.4f}", verdict)
+    return table
+
+
+def print_report(manifest: dict[str, Any]) -> None:
+    parity = manifest["parity"]
+    if parity["checked"]:
+        console.print(parity_table(manifest))
+        shapes = parity["variants"][0]["shapes"]
+        console.print(f"data {parity['data']}; atol {parity['atol']:g}; rules: fp32 and optimized 100% of labels and "
+                      f"max |Δlogit| ≤ atol, int8 and fp16 ≥ 99% of labels; (batch, seq) shapes run on each: "
+                      + ", ".join(f"({s['batch']}, {s['seq']})" for s in shapes))
+        for v in parity["variants"]:
+            for s in v["shapes"]:
+                if not s["ok"]:
+                    why = s.get("error") or f"output {s['output_shape']}, max |Δlogit| {s['max_abs_diff']:.2e}"
+                    console.print(f"[red]shape ({s['batch']}, {s['seq']}) failed[/] for {v['file']}: {why}")
+            if v["note"]:
+                console.print(f"[yellow]note[/]: {v['file']}: {v['note']}")
+    fused = (manifest.get("optimizer") or {}).get("fused")
+    if fused:
+        console.print("fused nodes in model.opt.onnx: " + ", ".join(f"{k} {n}" for k, n in fused.items()))
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format so far; required)."),
+    out: Path | None = typer.Option(None, help="Folder to write; default RUN_DIR/onnx (an earlier export there is "
+                                               "replaced)."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    optimize: bool = typer.Option(False, "--optimize", help="Also model.opt.onnx: ONNX Runtime's transformer "
+                                                            "optimizer."),
+    int8: bool = typer.Option(False, "--int8", help="Also model.int8.onnx: dynamic int8 quantization, for the CPU."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also model.fp16.onnx: for CUDA; LayerNorm and IO stay fp32."),
+    triton_repo: Path | None = typer.Option(None, help="Also write a Triton Inference Server model repository here."),
+    triton_name: str | None = typer.Option(None, help="Model name in --triton-repo; default the run folder's name."),
+    atol: float = typer.Option(1e-4, help="Max |Δlogit| between PyTorch and the fp32 ONNX models."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity checks (not recommended)."),
+    data: str | None = typer.Option(None, help="CoLA source for the checks; defaults to the run's data."),
+) -> None:
+    """Export a run's model to ONNX and prove it equal to PyTorch on the whole CoLA dev set."""
+    if not onnx:
+        raise KdfastError("say which format: --onnx (the only one so far), e.g. kdfast export --onnx RUN_DIR")
+    cfg = ExportConfig(run_dir=run_dir, out=out, opset=opset, optimize=optimize, int8=int8, fp16=fp16,
+                       triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data)
+    if no_check:
+        console.print("[bold yellow]WARNING: --no-check: the ONNX models are NOT compared with PyTorch[/]")
+    try:
+        manifest = run_export(cfg)
+    except ParityError as e:
+        print_report(e.manifest)
+        raise
+    print_report(manifest)
+    if no_check:
+        console.print("[bold yellow]WARNING: --no-check: parity not checked[/]")
+    out_dir = out if out is not None else run_dir / "onnx"
+    console.print(f"wrote {out_dir}: " + ", ".join(v["file"] for v in manifest["variants"]) + ", manifest.json")
+    if manifest["triton"]:
+        console.print(f"wrote the Triton model {manifest['triton']['repo']}/{manifest['triton']['name']}")

@@ -1,0 +1,519 @@
+"""``kdfast export --onnx``: a teacher or student run to ONNX, proven equal to PyTorch on CoLA dev.
+
+One stage, shaped setup → export → variants → check → save (``run``). It writes ``RUN_DIR/onnx`` (or ``--out``)::
+
+    model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, 2]
+    model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused LayerNorm, Gelu, ...)
+    model.int8.onnx     --int8: dynamic quantization (int8 weights, activations quantized per batch), for the CPU
+    model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
+    tokenizer/ or vocab.json   what turns a sentence into input_ids
+    manifest.json       source run, exporter, opset, inputs/outputs and their dynamic axes, versions, sha256 of
+                        every file, parity results
+
+The exporter is TorchScript's (``torch.onnx.export(dynamo=False)``), deprecated since torch 2.9 but right for all our
+models in torch 2.13: the dynamo exporter's opset-17 graph of GPT-2 fails ONNX Runtime's checker (a ``Split`` with
+opset-18 attributes), ONNX Runtime's GPT-2 optimizer crashes on its graph even at opset 18, and it has been reported
+to give silently wrong GRU/LSTM results (issue 5). The manifest records which exporter wrote the file.
+
+GPT-2 traps, handled here: transformers 5's GPT-2 takes ``past_key_values`` as its second positional argument, so
+the model is exported through a wrapper that passes keywords (and ``use_cache=False``); GPT-2 pads with
+``<|endoftext|>`` and pools the last token that is not that pad id, so a client must pad with exactly the
+``pad_id`` the manifest gives, on the right; the traced example has padding, so the mask path is the one exported.
+
+The export is built in a staged folder and renamed into place only when every check passed: a failed export leaves
+nothing behind, and a re-export replaces an earlier one atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from kdfast import __version__
+from kdfast.batching import pad_batch
+from kdfast.data import Example, load_cola, subsample
+from kdfast.errors import KdfastError
+from kdfast.lora import unwrap_merged
+from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
+from kdfast.runs import METRICS_FILE, read_json, read_run_info, staged_dir, write_json
+from kdfast.teacher import encode, load_teacher
+
+MANIFEST = "manifest.json"
+MODEL_FILES = {"fp32": "model.onnx", "optimized": "model.opt.onnx", "int8": "model.int8.onnx",
+               "fp16": "model.fp16.onnx"}
+# Sentences the model is traced with: two lengths, so the batch has padding and the masked path is what's exported.
+EXAMPLE_SENTENCES = ["The book that John wrote was read by everyone.", "Books."]
+# Hugging Face model types -> ONNX Runtime transformer optimizer's model_type.
+OPTIMIZER_TYPES = {"gpt2": "gpt2", "bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert",
+                   "electra": "bert"}
+FUSED_OPS = ("Attention", "MultiHeadAttention", "Gelu", "FastGelu", "BiasGelu", "LayerNormalization",
+             "SkipLayerNormalization", "EmbedLayerNormalization")
+# Kept fp32 in the fp16 model: LayerNorm's mean/variance over 384-768 values loses too much in fp16.
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                  "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"]
+
+
+@dataclass
+class ExportConfig:
+    run_dir: Path  # a teacher or student run folder
+    out: Path | None = None  # default RUN_DIR/onnx; an earlier export there is replaced atomically
+    opset: int = 17
+    optimize: bool = False  # also write model.opt.onnx (ONNX Runtime's transformer optimizer)
+    int8: bool = False  # also write model.int8.onnx (dynamic quantization, CPU)
+    fp16: bool = False  # also write model.fp16.onnx (CUDA; LayerNorm and IO kept fp32)
+    triton_repo: Path | None = None  # also write a Triton model repository entry here
+    triton_name: str | None = None  # its model name; default the run folder's name
+    triton_max_batch_size: int = 64
+    atol: float = 1e-4  # max |Δlogit| allowed between PyTorch and the fp32 ONNX models
+    check: bool = True  # run the parity checks (False: --no-check)
+    data: str | None = None  # CoLA source for the checks; default the data the run was trained on
+    max_check_sentences: int | None = None  # a seeded dev subset for quick checks (tests); None: all of dev
+    batch_size: int = 64  # sentences per batch in the checks
+    progress: bool = True  # say what is happening on stderr
+
+    def validate(self) -> None:
+        from torch.onnx import _constants
+
+        max_opset = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+        checks = [
+            (14 <= self.opset <= max_opset, f"--opset must be between 14 and {max_opset}, got {self.opset}"),
+            (self.atol > 0, f"--atol must be positive, got {self.atol}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.triton_max_batch_size >= 1, f"Triton max batch size must be at least 1, got "
+                                              f"{self.triton_max_batch_size}"),
+            (self.max_check_sentences is None or self.max_check_sentences >= 8,  # the shape checks take 8
+             f"max_check_sentences must be at least 8, got {self.max_check_sentences}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdfastError(message)
+
+
+class ParityError(KdfastError):
+    """An exported model disagrees with PyTorch; ``manifest`` holds the results, for the table."""
+
+    def __init__(self, message: str, manifest: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+
+
+@dataclass
+class ExportSource:
+    """What export needs of a run: a module from int64 token ids to logits (B, 2), and how to make the ids."""
+
+    kind: str  # teacher | student
+    module: nn.Module  # forward(*inputs, in the order of input_names) -> logits (B, 2)
+    input_names: list[str]
+    encode: Callable[[list[str]], list[list[int]]]
+    pad_id: int
+    save_preprocessing: Callable[[Path], None]  # writes what a client needs to make input_ids
+    optimizer_type: str | None = None  # ONNX Runtime's transformer optimizer model_type; None: nothing to fuse
+    num_heads: int = 0
+    hidden_size: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)  # for the manifest
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        ids, mask = pad_batch(self.encode(EXAMPLE_SENTENCES), self.pad_id)  # (2, T), padded on the right
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        return tuple(inputs[n] for n in self.input_names)
+
+
+# --- what can be exported
+
+
+class ClassifierLogits(nn.Module):
+    """A Hugging Face sequence classifier called with keywords only: logits (B, 2) from (input_ids, attention_mask).
+
+    transformers 5's GPT-2 takes ``past_key_values`` second, so a positional mask would land there; no cache either.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.kwargs = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # input_ids, attention_mask: (B, T) int64 -> logits (B, 2)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **self.kwargs).logits
+
+
+def load_teacher_for_export(run_dir: Path) -> ExportSource:
+    """The teacher's merged model (merging the LoRA adapter first when the run has no ``merged/``)."""
+    merged = (run_dir / "merged").is_dir()
+    model, tokenizer = load_teacher(run_dir, merged=merged)
+    if not merged:
+        unwrap_merged(model)
+    try:
+        max_length = int(read_json(run_dir / METRICS_FILE)["config"]["max_length"])
+    except (KeyError, TypeError, ValueError):
+        raise KdfastError(f"{run_dir / METRICS_FILE}: no config.max_length") from None
+    config = model.config
+    return ExportSource(
+        kind="teacher",
+        module=ClassifierLogits(model).eval(),
+        input_names=["input_ids", "attention_mask"],
+        encode=lambda sentences: encode(tokenizer, sentences, max_length),
+        pad_id=int(tokenizer.pad_token_id),
+        save_preprocessing=lambda folder: tokenizer.save_pretrained(folder / "tokenizer"),
+        optimizer_type=OPTIMIZER_TYPES.get(config.model_type),
+        num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+        hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+        meta={"architecture": type(model).__name__, "model_type": config.model_type,
+              "parameters": sum(p.numel() for p in model.parameters()), "merged_from_adapter": not merged,
+              "preprocessing": {"tokenizer": "tokenizer/", "max_length": max_length, "pad_id": int(
+                  tokenizer.pad_token_id), "padding_side": "right", "truncation": True}},
+    )
+
+
+class StudentLogits(nn.Module):
+    """The student with input_ids alone: its mask is ``input_ids != pad_id`` (a word is never the pad id)."""
+
+    def __init__(self, model: nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.model, self.pad_id = model, pad_id
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids: (B, T) int64, right-padded with pad_id -> logits (B, 2)
+        return self.model(input_ids, (input_ids != self.pad_id).long())
+
+
+def load_student_for_export(run_dir: Path) -> tuple[nn.Module, Callable[[list[str]], list[list[int]]], int]:
+    """(module taking input_ids (B, T) int64 -> logits (B, 2), encode(sentences) -> ids, pad id) of a student run.
+
+    The one place that knows ``kdfast.student`` (branch ``student``): ``load_student(run_dir) -> (DistilRNN on the
+    CPU in eval mode, WordVocab, max_length)``, ``DistilRNN(input_ids, attention_mask) -> logits``,
+    ``WordVocab.encode(sentence, max_length) -> ids`` and ``WordVocab.pad_id``.
+    """
+    try:
+        from kdfast.student import load_student
+    except ImportError:
+        raise KdfastError(f"{run_dir}: a student run, but this kdfast has no kdfast.student to load it") from None
+    model, vocab, max_length = load_student(run_dir)
+    pad_id = int(vocab.pad_id)
+    return (StudentLogits(model, pad_id).eval(), lambda sentences: [vocab.encode(s, max_length) for s in sentences],
+            pad_id)
+
+
+def student_source(run_dir: Path) -> ExportSource:
+    module, encode_fn, pad_id = load_student_for_export(run_dir)
+
+    def save_vocab(folder: Path) -> None:
+        for name in ("vocab.json", "student_config.json"):
+            if (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, folder / name)
+
+    inner = getattr(module, "model", module)
+    return ExportSource(kind="student", module=module, input_names=["input_ids"], encode=encode_fn, pad_id=pad_id,
+                        save_preprocessing=save_vocab,
+                        meta={"architecture": type(inner).__name__,
+                              "parameters": sum(p.numel() for p in module.parameters()),
+                              "preprocessing": {"vocab": "vocab.json", "config": "student_config.json (max_length)",
+                                                "pad_id": pad_id, "padding_side": "right"}})
+
+
+# --- ONNX files
+
+
+def check_onnx_packages() -> dict[str, str]:
+    """Versions of the ONNX packages; a KdfastError when one is missing or both onnxruntime builds are installed.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime`` module into the same folder: together,
+    whichever was installed last wins file by file, and the result may not load or may lack the CUDA provider.
+    """
+    versions = {}
+    for dist in ("onnx", "onnxruntime", "onnxruntime-gpu"):
+        if (version := _version(dist)) is not None:
+            versions[dist] = version
+    if "onnxruntime" in versions and "onnxruntime-gpu" in versions:
+        raise KdfastError(
+            f"both onnxruntime {versions['onnxruntime']} and onnxruntime-gpu {versions['onnxruntime-gpu']} are "
+            "installed; they overwrite each other's files. Keep one: pip uninstall -y onnxruntime onnxruntime-gpu, "
+            "then pip install 'kdfast[onnx]' (CPU) or 'kdfast[gpu]' (CUDA)")
+    if "onnx" not in versions or not {"onnxruntime", "onnxruntime-gpu"} & versions.keys():
+        raise KdfastError("export needs onnx and onnxruntime: pip install 'kdfast[onnx]'")
+    return versions
+
+
+def export_onnx(source: ExportSource, path: Path, opset: int) -> None:
+    """Trace ``source.module`` with TorchScript's exporter; batch and seq dynamic on every input, batch on logits."""
+    axes = {name: {0: "batch", 1: "seq"} for name in source.input_names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        # The exporter's own deprecation notice (see the module docstring), the tracer's notes on Python booleans
+        # read from tensors (transformers keeps the mask when it sees a trace, and the example has padding), and
+        # aten::index's warning about negative indices (GPT-2's pooled index is an argmax, never negative), and the
+        # RNNs' warning that a batch size other than 1 may freeze into the initial state (the shape checks run
+        # batches of 1, 3 and 8 and would catch it).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*(LSTM|GRU)")
+        torch.onnx.export(source.module, source.example(), str(path), dynamo=False, opset_version=opset,
+                          input_names=source.input_names, output_names=["logits"], dynamic_axes=axes,
+                          do_constant_folding=True)
+
+
+def check_graph(path: Path, input_names: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The ONNX graph is valid and has the interface we promise: inputs (batch, seq) int64, logits (batch, 2)."""
+    import onnx
+
+    from kdfast.triton_repo import graph_io
+
+    onnx.checker.check_model(str(path))
+    io = graph_io(path)
+    problems = []
+    if [i["name"] for i in io["inputs"]] != input_names:
+        problems.append(f"inputs {[i['name'] for i in io['inputs']]}, expected {input_names}")
+    for i in io["inputs"]:
+        if i["dtype"] != "int64" or len(i["shape"]) != 2 or not all(isinstance(d, str) for d in i["shape"]):
+            problems.append(f"input {i['name']} is {i['dtype']} {i['shape']}, expected int64 [batch, seq]")
+    outs = io["outputs"]
+    if len(outs) != 1 or outs[0]["name"] != "logits" or outs[0]["dtype"] != "float" or \
+            len(outs[0]["shape"]) != 2 or not isinstance(outs[0]["shape"][0], str) or outs[0]["shape"][1] != 2:
+        problems.append(f"outputs {[(o['name'], o['dtype'], o['shape']) for o in outs]}, expected logits "
+                        "float [batch, 2]")
+    if problems:
+        raise KdfastError(f"exported graph {path.name}: " + "; ".join(problems) + " (a frozen axis?)")
+    return {k: [{n: v for n, v in t.items() if n != "elem_type"} for t in ts] for k, ts in io.items()}
+
+
+def optimize(src: Path, dst: Path, source: ExportSource) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer; returns how many of each fused node it made."""
+    from onnxruntime.transformers import optimizer
+
+    opt = optimizer.optimize_model(str(src), model_type=source.optimizer_type, num_heads=source.num_heads,
+                                   hidden_size=source.hidden_size)
+    opt.save_model_to_file(str(dst))
+    stats = opt.get_fused_operator_statistics()
+    return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic quantization: int8 weights with a scale per output channel, uint8 activations scaled per batch at run
+    time. Per-channel halves the label flips of per-tensor on the MiniLM teacher (40 -> 19 of 1,043 dev sentences).
+
+    ORT's pre-processing (symbolic shape inference) cannot complete on transformers 5 graphs, and ONNX's shape
+    inference cannot type the outputs of the optimizer's fused (com.microsoft) nodes: those are float, say so."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quiet the 'consider pre-processing' warning explained above
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and activations, except LayerNorm (and ORT's default fp32 list); inputs and outputs unchanged.
+
+    Through ORT's ``OnnxModel``, whose symbolic shape inference types the optimizer's fused nodes: plain
+    ``float16.convert_float_to_float16`` leaves a fused MatMul with one fp32 and one fp16 input, a graph ORT rejects."""
+    import onnx
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    model.convert_float_to_float16(keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32])
+    model.save_model_to_file(str(dst))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- the stage
+
+
+def check_out(out: Path, run_dir: Path) -> None:
+    """``out`` may be replaced: new, empty, or an earlier export; never the run folder or a folder around it."""
+    if out.exists() and not out.is_dir():
+        raise KdfastError(f"--out {out} is a file, not a folder")
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise KdfastError(f"--out {out} would replace the run folder {run_dir}")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise KdfastError(f"--out {out} is not empty and holds no earlier export ({MANIFEST}); not replacing it")
+
+
+def load_source(run_dir: Path, kind: str) -> ExportSource:
+    return load_teacher_for_export(run_dir) if kind == "teacher" else student_source(run_dir)
+
+
+def variant_plan(cfg: ExportConfig) -> list[dict[str, Any]]:
+    """The files to write, each with the file it is made from: int8 and fp16 start from the optimized model."""
+    base = MODEL_FILES["optimized"] if cfg.optimize else MODEL_FILES["fp32"]
+    plan = [{"variant": "fp32", "file": MODEL_FILES["fp32"], "from": "pytorch", "fp32": True}]
+    if cfg.optimize:
+        plan.append({"variant": "optimized", "file": MODEL_FILES["optimized"], "from": MODEL_FILES["fp32"],
+                     "fp32": True})
+    if cfg.int8:
+        plan.append({"variant": "int8", "file": MODEL_FILES["int8"], "from": base, "fp32": False})
+    if cfg.fp16:
+        plan.append({"variant": "fp16", "file": MODEL_FILES["fp16"], "from": base, "fp32": False})
+    return plan
+
+
+def run(cfg: ExportConfig) -> dict[str, Any]:
+    """Export, check and save; returns the contents of ``manifest.json``. Raises ParityError when a check fails."""
+    # --- setup
+    versions = check_onnx_packages()
+    cfg.validate()
+    say = Console(stderr=True, quiet=not cfg.progress).print
+    run_dir = Path(cfg.run_dir)
+    info = read_run_info(run_dir)
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "onnx"
+    check_out(out, run_dir)
+    if cfg.triton_repo is not None:
+        from kdfast.triton_repo import check_name
+
+        check_name(cfg.triton_name or run_dir.resolve().name)
+    source = load_source(run_dir, info["kind"])
+    if cfg.optimize and source.optimizer_type is None:
+        raise KdfastError(f"--optimize: ONNX Runtime's transformer optimizer has nothing to fuse in a "
+                          f"{source.meta.get('model_type') or source.meta['architecture']} model")
+    dev: list[Example] = []
+    data_source = None
+    if cfg.check:
+        data = cfg.data
+        if data is None:
+            try:
+                data = str(read_json(run_dir / METRICS_FILE)["config"]["data"])
+            except (KeyError, TypeError):
+                raise KdfastError(f"{run_dir / METRICS_FILE}: no config.data; pass --data") from None
+        cola = load_cola(data)
+        dev, data_source = subsample(cola.dev, cfg.max_check_sentences, seed=0), cola.source
+    plan = variant_plan(cfg)
+
+    with staged_dir(out, overwrite=True) as tmp:
+        # --- export and variants
+        say(f"exporting {run_dir} ({source.meta['architecture']}) to ONNX, opset {cfg.opset}")
+        export_onnx(source, tmp / MODEL_FILES["fp32"], cfg.opset)
+        io = check_graph(tmp / MODEL_FILES["fp32"], source.input_names)
+        fused: dict[str, int] | None = None
+        for v in plan[1:]:
+            say(f"writing {v['file']} from {v['from']}")
+            src, dst = tmp / v["from"], tmp / v["file"]
+            if v["variant"] == "optimized":
+                fused = optimize(src, dst, source)
+            elif v["variant"] == "int8":
+                quantize_int8(src, dst)
+            else:
+                convert_fp16(src, dst)
+        source.save_preprocessing(tmp)
+
+        # --- check
+        parity = check_all(cfg, source, tmp, plan, dev, data_source, say)
+
+        # --- save
+        manifest: dict[str, Any] = {
+            "source_run": {"path": str(run_dir.resolve()), "kind": info["kind"], "mode": info.get("mode"),
+                           "run": info, **source.meta},
+            "exporter": {"name": "torchscript", "call": "torch.onnx.export(dynamo=False)",
+                         "why": "torch 2.13's dynamo exporter: GPT-2 at opset 17 fails ORT's checker, ORT's GPT-2 "
+                                "optimizer crashes on its graph, GRU/LSTM reported wrong"},
+            "opset": cfg.opset,
+            "inputs": io["inputs"],
+            "outputs": io["outputs"],
+            "dynamic_axes": {t["name"]: {str(i): d for i, d in enumerate(t["shape"]) if isinstance(d, str)}
+                             for t in io["inputs"] + io["outputs"]},
+            "variants": plan,
+            "optimizer": {"model_type": source.optimizer_type, "fused": fused} if cfg.optimize else None,
+            "int8": {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True}
+            if cfg.int8 else None,
+            "fp16": {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
+                     "kept_fp32": FP16_KEEP_FP32} if cfg.fp16 else None,
+            "versions": {"kdfast": __version__, "torch": torch.__version__, **versions,
+                         "transformers": _version("transformers")},
+            "parity": parity,
+            "triton": None,
+        }
+        if cfg.check and not parity["passed"]:
+            failed = [v["variant"] for v in parity["variants"] if v["checked"] and not v["passed"]]
+            raise ParityError(f"ONNX does not match PyTorch: {', '.join(failed)} failed (see the table); nothing "
+                              "was written", manifest)
+        if cfg.triton_repo is not None:
+            from kdfast.triton_repo import write_repo
+
+            name = cfg.triton_name or run_dir.resolve().name
+            model_dir = write_repo(Path(cfg.triton_repo), name, tmp / MODEL_FILES["fp32"], cfg.triton_max_batch_size)
+            manifest["triton"] = {"repo": str(Path(cfg.triton_repo).resolve()), "name": name,
+                                  "model": MODEL_FILES["fp32"], "max_batch_size": cfg.triton_max_batch_size,
+                                  "config": str(model_dir / "config.pbtxt")}
+        manifest["files"] = {str(p.relative_to(tmp)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                             for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[dict[str, Any]],
+              dev: list[Example], data_source: str | None, say: Callable[..., None]) -> dict[str, Any]:
+    """Every variant against PyTorch on ``dev``; fp16 on CUDA when ONNX Runtime has it, else on the CPU, said so."""
+    if not cfg.check:
+        return {"checked": False, "passed": None, "note": "--no-check: nothing was compared with PyTorch"}
+    import onnxruntime as ort
+
+    say(f"checking against PyTorch on {len(dev)} dev sentences ({data_source})")
+    ids = source.encode([e.sentence for e in dev])
+    want = torch_logits(source.module, ids, source.pad_id, source.input_names, cfg.batch_size)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    rows = []
+    for v in plan:
+        result = VariantResult(variant=v["variant"], file=v["file"], fp32=v["fp32"])
+        if v["variant"] == "fp16":
+            result.provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+            if not cuda:
+                result.note = "no CUDA here: checked on ONNX Runtime's CPU provider, not the GPU it is meant for"
+        try:
+            rows.append(check_variant(result, folder / v["file"], source.module, ids, source.pad_id,
+                                      source.input_names, want, dev, cfg.atol, cfg.batch_size))
+        except KdfastError as e:
+            # Only a missing CPU kernel excuses fp16; a graph ORT rejects for any other reason is a failure.
+            if v["variant"] != "fp16" or cuda or "NOT_IMPLEMENTED" not in str(e):
+                raise
+            result.checked, result.passed = False, False
+            result.note = f"NOT CHECKED: the CPU provider cannot run it ({e}); check it on a CUDA machine"
+            rows.append({**result.__dict__, "rule": result.rule, "shapes": []})
+    passed = all(r["passed"] for r in rows if r["checked"])
+    return {"checked": True, "passed": passed, "data": data_source, "sentences": len(dev), "atol": cfg.atol,
+            "pytorch": reference_row(want, dev), "variants": rows}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def logits_from_onnx(folder: Path, sentences: list[str], variant: str = "fp32") -> np.ndarray:
+    """Logits (N, 2) of an exported model for ``sentences``, preprocessing as the manifest says (teacher exports)."""
+    from kdfast.onnx_parity import onnx_logits, session
+
+    manifest = read_json(Path(folder) / MANIFEST)
+    pre = manifest["source_run"]["preprocessing"]
+    if "tokenizer" not in pre:
+        raise KdfastError(f"{folder}: only teacher exports carry a tokenizer")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(folder) / pre["tokenizer"]))
+    ids = encode(tokenizer, sentences, pre["max_length"])
+    return onnx_logits(session(Path(folder) / MODEL_FILES[variant]), ids, pre["pad_id"])
