@@ -281,11 +281,11 @@ def check_size(model: DistilRNN) -> None:
 # --- compiling and predicting
 
 
-def compile_student(model: DistilRNN) -> nn.Module:
+def compile_student(model: DistilRNN, mode: str | None = None) -> nn.Module:
     """The cell-loop student through ``torch.compile`` (Inductor). Shares its parameters with ``model``.
 
     Each distinct padded length unrolls into its own graph, hence the bucketing in ``pad_for_compile``; the batch
-    dimension is left to dynamo's automatic dynamic shapes.
+    dimension is left to dynamo's automatic dynamic shapes. ``mode="reduce-overhead"`` adds CUDA graphs on CUDA.
     """
     import torch._dynamo
 
@@ -294,7 +294,7 @@ def compile_student(model: DistilRNN) -> nn.Module:
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
-    return torch.compile(model)
+    return torch.compile(model, mode=mode)
 
 
 def pad_for_compile(input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int,
