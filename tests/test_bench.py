@@ -29,7 +29,8 @@ SCHEMA_KEYS = {"variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
                "params", "file_mb", "speedup"}
 
 
-def kdfast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+def kdfast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str | Path
+           ) -> tuple[int, str, str]:
     """Run ``kdfast ARGS`` in this process: (exit code, stdout, stderr)."""
     from kdfast.cli.main import main
 
