@@ -101,6 +101,8 @@ def bench_command(
             console.print(f"[yellow]note[/]: {row['variant']} ({row['model']}): {row['note']}")
     for s in report["skipped"]:
         console.print(f"[yellow]skipped[/] {s['variant']} ({s['model']}): {s['reason']}")
+    for w in report["meta"]["warnings"]:
+        console.print(f"[bold yellow]warning[/]: {w}")
     for r in report["ratios"]:
         console.print(("[green]" if r["met"] else "[red]") + ratio_line(r) + "[/]")
     written = [str(p) for p in (json_out, csv_out, md_out, plot) if p is not None]

@@ -47,7 +47,8 @@ batched exactly as ``kdfast eval`` batches it (by length, 64 at a time), with th
     {"meta": {"date", "machine": {"host", "cpu", "cpus", "platform"}, "versions": {"python", "kdfast", "torch",
               "transformers", "onnxruntime", "onnx", "numpy"}, "commit", "threads", "device", "device_name",
               "teacher_eager": "teacher-merged", "data", "dev_sentences", "timed_sentences", "batch_sizes",
-              "warmup", "iters", "min_time", "load_avg": {"start", "end"} (1-minute, os.getloadavg)},
+              "warmup", "iters", "min_time", "load_avg": {"start", "end"} (1-minute, os.getloadavg),
+              "warnings": [str, ...] (e.g. a machine too busy for the thread count)},
      "results": [row, ...],          # one per (model, variant, batch_size), in the order above
      "skipped": [{"model", "variant", "reason"}, ...],
      "ratios": [{"name", "batch_size", "fast", "fast_p50_ms", "slow", "slow_p50_ms", "ratio" (slow p50 / fast p50),
@@ -283,7 +284,20 @@ def meta(cfg: BenchConfig, device: torch.device, threads: int, data_source: str,
         "iters": cfg.iters,
         "min_time": cfg.min_time,
         "load_avg": {"start": load_avg(), "end": None},
+        "warnings": busy_warning(threads, device),
     }
+
+
+def busy_warning(threads: int, device: torch.device) -> list[str]:
+    """A warning when other processes already keep the CPUs busy: each parallel region of a multi-threaded op then
+    waits for a thread the scheduler has parked (on 2 busy cores, 2 torch threads made MiniLM at batch 1 30x
+    slower than 1 thread did)."""
+    load, cpus = load_avg(), os.cpu_count() or 1
+    if device.type != "cpu" or load is None or load + threads <= cpus:
+        return []
+    return [f"the CPUs were busy before bench started (load average {load:.2f} on {cpus} CPUs) and it uses {threads} "
+            f"threads: latencies are inflated and uneven, multi-threaded PyTorch most of all; measure on an idle "
+            f"machine or with fewer --threads"]
 
 
 # --- ratios

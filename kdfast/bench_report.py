@@ -59,7 +59,8 @@ def ratio_line(r: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [meta_line(report["meta"]), "", "| " + " | ".join(ROW_FIELDS) + " |",
+    lines = [meta_line(report["meta"]), *(f"\n**Warning**: {w}" for w in report["meta"].get("warnings", [])), "",
+             "| " + " | ".join(ROW_FIELDS) + " |",
              "| " + " | ".join("---" for _ in ROW_FIELDS) + " |"]
     for row in report["results"]:
         lines.append("| " + " | ".join(cell(row, k).replace("|", "\\|") for k in ROW_FIELDS) + " |")

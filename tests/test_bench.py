@@ -89,6 +89,7 @@ def test_every_format_follows_the_schema(bench_files: dict[str, Path]) -> None:
     meta = report["meta"]
     for key in ("machine", "versions", "commit", "threads", "device", "date", "load_avg"):
         assert key in meta
+    assert isinstance(meta["warnings"], list)
     assert meta["threads"] == 1 and meta["device"] == "cpu" and meta["teacher_eager"] == "teacher-merged"
     assert {"torch", "onnxruntime", "transformers"} <= meta["versions"].keys()
     rows = report["results"]
@@ -208,6 +209,18 @@ def test_time_calls_honours_warmup_iters_and_min_time() -> None:
     start = time.perf_counter()
     times = time_calls(lambda _: time.sleep(0.01), batches, warmup=0, iters=1, min_time=0.1, sync=lambda: None)
     assert time.perf_counter() - start >= 0.1 and len(times) > 1
+
+
+def test_a_busy_machine_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdfast.bench as bench
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "load_avg", lambda: 1.5)
+    assert "busy" in bench.busy_warning(2, cpu)[0]
+    assert bench.busy_warning(2, torch.device("cuda")) == []
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.2)
+    assert bench.busy_warning(1, cpu) == []
 
 
 def test_latency_stats() -> None:
