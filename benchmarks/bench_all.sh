@@ -16,12 +16,11 @@ STUDENTS=()
 for s in student-distill student-distill-aug2 student-distill-aug5 rnn-scratch-s0; do
   [ -f "$RUNS/$s/run.json" ] && STUDENTS+=(--student "$RUNS/$s")
 done
-# The MiniLM teacher with the better best dev MCC: minilm-teacher, or minilm-teacher-b where it exists and beats it.
+# The finished MiniLM teacher run (minilm-teacher, minilm-teacher-b, ...) with the best dev MCC.
 TEACHER=$(python3 -c '
 import json, sys
 from pathlib import Path
-runs = [Path(sys.argv[1]) / n for n in ("minilm-teacher", "minilm-teacher-b")]
-done = [r for r in runs if (r / "run.json").exists()]
+done = [r for r in Path(sys.argv[1]).glob("minilm-teacher*") if (r / "run.json").exists()]
 print(max(done, key=lambda r: json.loads((r / "metrics.json").read_text())["best"]["dev_mcc"]))' "$RUNS")
 kdfast bench --teacher "$TEACHER" "${STUDENTS[@]}" --batch-sizes 1,32 --threads 2 \
   --json "$OUT/bench-minilm.json" --csv "$OUT/bench-minilm.csv" --md "$OUT/bench-minilm.md" \
