@@ -23,7 +23,7 @@ matmuls and would flatter every other variant).
 
 **ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export`` with its
 parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). Export refuses
-an int8 model that agrees with PyTorch on fewer than 99% of dev labels (the MiniLM teacher: 98.2%); the export is
+an int8 model that agrees with PyTorch on fewer than 99% of dev labels (our MiniLM teachers: about 98%); the export is
 then redone without it, and bench quantizes the checked model itself, exactly as ``export --int8`` does, into a
 temporary folder that is deleted afterwards: an unchecked model is never written into a run folder. Such a row says
 so in ``note``, and its ``agreement`` column is the measured share of dev labels equal to PyTorch's. An existing
@@ -66,7 +66,7 @@ Each row (``ROW_FIELDS``; the CSV and Markdown files have these columns in this 
     file_mb      size of the weights it loads from disk, 10⁶ bytes (null when built in memory)
     speedup      teacher-merged p50 / this p50 at the same batch size (null without a teacher)
     seq_len      mean padded length of the timed batches, tokens (teacher) or words (student)
-    calls        timed calls;  setup_s  load (+ compile / quantize) time, not timed;  load_1m  load average then
+    calls        timed calls;  setup_s  untimed load (+ export, quantize, compile) and dev scoring;  load_1m  at start
     runtime      pytorch | onnxruntime;  note  anything the reader must know about the row
 
 ``ratios`` are the three the project set itself (on a 2-core CPU): student ONNX at least 30x faster than teacher
