@@ -138,10 +138,28 @@ def files_mb(*paths: Path) -> float | None:
 
 @dataclass
 class OnnxFiles:
-    folder: Path
+    folder: Path  # RUN/onnx, checked to come from this run
     manifest: dict[str, Any]
-    int8: Path | None  # model.int8.onnx, checked by export or quantized here; None: not available
-    int8_note: str = ""
+    tmp: Path  # where an int8 model export refused is quantized (deleted when bench ends)
+
+    def int8(self, say: Callable[..., None]) -> tuple[Path, str]:
+        """(model.int8.onnx, "") when export checked one; else one quantized here, as ``export --int8`` does, with
+        the note that says so."""
+        from kdfast.export import MODEL_FILES, quantize_int8
+
+        files = {v["variant"] for v in self.manifest.get("variants", [])}
+        if "int8" in files:
+            return self.folder / MODEL_FILES["int8"], ""
+        src = self.folder / MODEL_FILES["optimized" if "optimized" in files else "fp32"]
+        dst = self.tmp / f"{self.folder.parent.name}.int8.onnx"
+        if not dst.exists():
+            say(f"{self.folder}: no checked int8 model; quantizing {src.name} as export --int8 does (not kept)")
+            try:
+                quantize_int8(src, dst)
+            except Exception as e:  # ONNX Runtime's quantizer raises whatever its graph passes raise
+                raise Skip(f"quantizing {src.name} failed: {first_line(e)}") from None
+        return dst, (f"quantized by bench from {src.name} (export's ≥99% label-agreement gate not applied; see "
+                     "agreement); not saved")
 
 
 def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> Path:
@@ -170,8 +188,8 @@ def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable
 
 def onnx_files(run_dir: Path, data: str | None, optimize: bool, tmp: Path,
                say: Callable[..., None]) -> OnnxFiles:
-    """The run's ONNX export, checked to come from this very run, and an int8 model (see the module docstring)."""
-    from kdfast.export import MANIFEST, MODEL_FILES, quantize_int8
+    """The run's ONNX export, checked to come from this very run (exported first when missing)."""
+    from kdfast.export import MANIFEST
 
     folder = ensure_export(run_dir, data, optimize, say)
     manifest = read_json(folder / MANIFEST)
@@ -179,16 +197,7 @@ def onnx_files(run_dir: Path, data: str | None, optimize: bool, tmp: Path,
     if made_from != read_run_info(run_dir):
         raise Skip(f"{folder} was exported from another run at this path (created "
                    f"{(made_from or {}).get('created')}); re-export it: kdfast export --onnx {run_dir}")
-    files = {v["variant"] for v in manifest.get("variants", [])}
-    if "int8" in files:
-        return OnnxFiles(folder, manifest, folder / MODEL_FILES["int8"])
-    src = folder / MODEL_FILES["optimized" if "optimized" in files else "fp32"]
-    dst = tmp / f"{run_dir.name}.int8.onnx"
-    say(f"{folder}: no checked int8 model; quantizing {src.name} as export --int8 does (not kept)")
-    quantize_int8(src, dst)
-    note = (f"quantized by bench from {src.name} (export's ≥99% label-agreement gate not applied; see agreement); "
-            "not saved")
-    return OnnxFiles(folder, manifest, dst, note)
+    return OnnxFiles(folder, manifest, tmp)
 
 
 # --- the teacher's variants
@@ -258,8 +267,8 @@ def teacher_builders(run_dir: Path, data: str | None, device: torch.device, thre
             if name == "int8":
                 if device.type == "cuda":
                     raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
-                assert f.int8 is not None
-                return ort_variant(f.int8, names, threads, device, params, f.int8_note)
+                path, note = f.int8(say)
+                return ort_variant(path, names, threads, device, params, note)
             path = f.folder / MODEL_FILES[name]
             if not path.exists():
                 raise Skip(f"{f.folder} has no {path.name} (kdfast export --onnx --optimize {run_dir} writes it)")
@@ -331,8 +340,8 @@ def student_builders(run_dir: Path, data: str | None, device: torch.device, thre
             if name == "int8":
                 if device.type == "cuda":
                     raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
-                assert f.int8 is not None
-                return ort_variant(f.int8, ["input_ids"], threads, device, params, f.int8_note)
+                path, note = f.int8(say)
+                return ort_variant(path, ["input_ids"], threads, device, params, note)
             return ort_variant(f.folder / MODEL_FILES[name], ["input_ids"], threads, device, params)
 
         return build
