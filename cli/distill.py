@@ -1,0 +1,111 @@
+"""``kdfast distill`` and ``kdfast train rnn``: the RNN student, distilled from a teacher run or trained from scratch;
+``kdfast compare``: their best dev scores side by side, and dev MCC per epoch in one plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kdfast.cli.main import app, train_app
+from kdfast.cli.output import console, dev_table
+from kdfast.distill import DistillConfig, ScratchConfig, run
+from kdfast.plots import plot_comparison
+from kdfast.runs import METRICS_FILE, read_json, read_run_info
+
+
+def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
+    best = metrics["best"]
+    console.print(dev_table(f"{name}, best epoch {best['epoch']}", [(name, best)]))
+    console.print(f"parameters {metrics['total_params']:,} ({metrics['non_embedding_params']:,} outside the "
+                  f"embedding), vocabulary {metrics['data']['vocab']:,} words")
+    kept = metrics.get("teacher", {}).get("mcc_kept")
+    if kept is not None:
+        console.print(f"dev MCC kept from the teacher: {kept:.1%}")
+    console.print(f"wrote {out}")
+
+
+@app.command("distill")
+def distill(
+    teacher: Path = typer.Option(Path("runs/teacher"), help="Teacher run folder (kdfast train lora)."),
+    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    out: Path = typer.Option(Path("runs/student"), help="Run folder to write."),
+    epochs: int = typer.Option(10),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, linear warm-up and decay)."),
+    temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
+    alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
+    augment: int = typer.Option(0, help="Synthetic sentences per training sentence (mask, swap, n-gram)."),
+    reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
+    cell: str = typer.Option("lstm", help="lstm or gru."),
+    hidden: int = typer.Option(256, help="Hidden size of each direction."),
+    embed_dim: int = typer.Option(128, help="Word embedding width."),
+    layers: int = typer.Option(1),
+    bidirectional: bool = typer.Option(True, help="A second RNN reads each sentence backwards."),
+    dropout: float = typer.Option(0.2),
+    pooling: str = typer.Option("max", help="mean, max or last (valid steps only)."),
+    min_freq: int = typer.Option(2, help="Rarer training words map to <unk>."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the cell-loop student."),
+    seed: int = typer.Option(0),
+    max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
+    vocab.json, teacher_logits.safetensors and curves.png."""
+    cfg = DistillConfig(teacher=teacher, data=data, out=out, epochs=epochs, lr=lr, temperature=temperature,
+                        alpha=alpha, augment=augment, reuse_logits=reuse_logits, cell=cell, hidden=hidden,
+                        embed_dim=embed_dim, layers=layers, bidirectional=bidirectional, dropout=dropout,
+                        pooling=pooling, min_freq=min_freq, compile=compile, seed=seed,
+                        max_train_samples=max_train_samples, batch_size=batch_size, device=device,
+                        overwrite=overwrite, progress=progress)
+    _report(run(cfg), "distilled student", out)
+
+
+@train_app.command("rnn")
+def train_rnn(
+    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    out: Path = typer.Option(Path("runs/rnn"), help="Run folder to write."),
+    epochs: int = typer.Option(10),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, linear warm-up and decay)."),
+    cell: str = typer.Option("lstm", help="lstm or gru."),
+    hidden: int = typer.Option(256, help="Hidden size of each direction."),
+    embed_dim: int = typer.Option(128, help="Word embedding width."),
+    layers: int = typer.Option(1),
+    bidirectional: bool = typer.Option(True, help="A second RNN reads each sentence backwards."),
+    dropout: float = typer.Option(0.2),
+    pooling: str = typer.Option("max", help="mean, max or last (valid steps only)."),
+    min_freq: int = typer.Option(2, help="Rarer training words map to <unk>."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the cell-loop student."),
+    seed: int = typer.Option(0),
+    max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    batch_size: int = typer.Option(32),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
+    teacher's logits."""
+    cfg = ScratchConfig(data=data, out=out, epochs=epochs, lr=lr, cell=cell, hidden=hidden, embed_dim=embed_dim,
+                        layers=layers, bidirectional=bidirectional, dropout=dropout, pooling=pooling,
+                        min_freq=min_freq, compile=compile, seed=seed, max_train_samples=max_train_samples,
+                        batch_size=batch_size, device=device, overwrite=overwrite, progress=progress)
+    _report(run(cfg), "student from scratch", out)
+
+
+@app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders (teacher or student)."),
+    plot: Path | None = typer.Option(None, help="Write dev MCC per epoch of every run to this PNG."),
+) -> None:
+    """Best dev scores of several runs in one table (from their metrics.json), and optionally one plot."""
+    rows = []
+    for r in runs:
+        info = read_run_info(r)
+        rows.append((f"{r} ({info.get('mode') or info['kind']})", read_json(r / METRICS_FILE)["best"]))
+    console.print(dev_table("best epoch of each run", rows))
+    if plot is not None:
+        plot_comparison(runs, plot)
+        console.print(f"wrote {plot}")

@@ -1,0 +1,403 @@
+"""Knowledge distillation of a teacher run into the RNN student, and the same student trained from scratch.
+
+Hinton, Vinyals and Dean 2015 (https://arxiv.org/abs/1503.02531) for the loss; Tang et al. 2019, "Distilling
+Task-Specific Knowledge from BERT into Simple Neural Networks" (https://arxiv.org/abs/1903.12136) for the transfer
+set. One stage, shaped setup → train → save (``run``), for both modes:
+
+- ``distill`` (``DistillConfig``): loss = α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·CE(s, y), in fp32. The T²
+  keeps the soft term's gradients on the scale of the hard term's as T grows (they shrink as 1/T²).
+- ``scratch`` (``ScratchConfig``, ``kdfast train rnn``): the same loop with α = 0 and no teacher, the baseline.
+
+The teacher is run once over the transfer set, before the first epoch, and its logits are cached in the run folder
+(``teacher_logits.safetensors``, keyed by a hash of the teacher run and of the exact sentences it scored); a later
+run with the same teacher, data, seed and ``--augment`` into the same ``--out`` (or with ``--reuse-logits RUN``)
+reads them back instead of loading the teacher at all.
+
+**Transfer set** (``--augment N``: N synthetic sentences per training sentence), after Tang et al. §3.2. For each
+whitespace-separated word: with probability p_mask it becomes ``[MASK]``; else with probability p_swap it is
+replaced by a word drawn from the training text. (Tang et al. swap in a word of the same part of speech; we draw
+from all training words, by frequency, which needs no tagger and yields more clearly unacceptable sentences; the
+teacher labels whatever comes out.) Then, with probability p_ngram, an n-gram (n uniform in 1..5) of the result
+replaces it. A synthetic sentence equal to its source is drawn again. The teacher sees ``[MASK]`` as its own mask
+token (BERT-style teachers) or its unknown token (GPT-2: ``<|endoftext|>``); the student sees its ``[MASK]`` id.
+
+Synthetic sentences carry soft targets only: the CE term is averaged over the real sentences of a batch (their
+gold labels), the KL term over every sentence. Giving synthetic sentences the teacher's argmax as a hard label
+would teach the student the teacher's mistakes at full confidence; Tang et al. likewise use only the teacher's
+output on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from kdfast.batching import pad_batch, shuffled_batches
+from kdfast.data import load_cola, subsample
+from kdfast.errors import KdfastError
+from kdfast.plots import plot_curves
+from kdfast.runs import (
+    METRICS_FILE,
+    RUN_FILE,
+    check_out_dir,
+    read_json,
+    read_run_info,
+    staged_dir,
+    write_json,
+    write_run_info,
+)
+from kdfast.student import (
+    MASK,
+    DistilRNN,
+    StudentConfig,
+    WordVocab,
+    check_size,
+    compile_student,
+    pad_for_compile,
+    parameter_counts,
+    predict_logits,
+    save_student,
+)
+from kdfast.teacher import best_summary, encode, load_teacher, score_dev
+from kdfast.teacher import predict_logits as teacher_predict_logits
+from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
+
+CACHE_FILE = "teacher_logits.safetensors"
+P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
+
+
+@dataclass
+class ScratchConfig:
+    """The student and its training: all of ``kdfast train rnn``, and the shared part of ``kdfast distill``."""
+
+    data: str = "cola"  # "cola" (Hub: nyu-mll/glue) or a folder with CoLA's .tsv files
+    out: Path = Path("runs/rnn")  # the run folder to write
+    epochs: int = 10
+    lr: float = 2e-3  # peak AdamW learning rate
+    cell: str = "lstm"  # lstm | gru
+    embed_dim: int = 128
+    hidden: int = 256  # per direction
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.2
+    pooling: str = "max"  # mean | max | last
+    min_freq: int = 2  # rarer training words map to <unk> (which is how <unk> gets trained)
+    max_length: int = 64  # words; CoLA's longest sentence has 44
+    batch_size: int = 32
+    seed: int = 0
+    max_train_samples: int | None = None  # a seeded subset of train, for quick runs
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # the cell-loop student through torch.compile, for training and dev scoring
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    overwrite: bool = False  # replace a non-empty --out
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.max_length >= 1, f"--max-length must be at least 1, got {self.max_length}"),
+            (self.min_freq >= 1, f"--min-freq must be at least 1, got {self.min_freq}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdfastError(message)
+        self.student_config(vocab_size=3).validate()
+
+    def student_config(self, vocab_size: int) -> StudentConfig:
+        names = {f.name for f in fields(StudentConfig)} - {"vocab_size", "pad_id"}
+        return StudentConfig(vocab_size=vocab_size, pad_id=WordVocab.pad_id, **{n: getattr(self, n) for n in names})
+
+
+@dataclass
+class DistillConfig(ScratchConfig):
+    """``kdfast distill``: the student's configuration plus the teacher, the loss and the transfer set."""
+
+    teacher: Path = Path("runs/teacher")  # a teacher run folder (kdfast train lora)
+    out: Path = Path("runs/student")
+    temperature: float = 2.0  # T: softens both distributions in the KL term
+    alpha: float = 0.5  # weight of the soft (KL) term; 1 − alpha on the hard (CE) term
+    augment: int = 0  # synthetic sentences per training sentence, labelled by the teacher
+    reuse_logits: Path | None = None  # another student run whose cached teacher logits may be reused
+    teacher_batch_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
+            (0 <= self.alpha <= 1, f"--alpha must be in [0, 1], got {self.alpha}"),
+            (self.augment >= 0, f"--augment must be at least 0, got {self.augment}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdfastError(message)
+
+
+# --- the loss
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, temperature: float,
+            alpha: float) -> torch.Tensor:
+    """α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·CE(s, y), in fp32.
+
+    ``student`` and ``teacher`` are logits (B, C); ``labels`` (B,) is −1 on sentences with no gold label, which
+    then count in the KL term only (the CE term averages over labelled rows; 0 when there are none). The KL term
+    averages over all rows (``batchmean``). ``teacher`` may be None only when ``alpha`` is 0.
+    """
+    s = student.float()
+    labelled = labels >= 0
+    ce_rows = F.cross_entropy(s, labels.clamp(min=0), reduction="none")  # (B,)
+    ce = (ce_rows * labelled).sum() / labelled.sum().clamp(min=1)
+    if alpha == 0:
+        return ce
+    assert teacher is not None, "the KL term needs teacher logits"
+    t = temperature
+    kl = F.kl_div(F.log_softmax(s / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1), log_target=True,
+                  reduction="batchmean")
+    return alpha * t * t * kl + (1 - alpha) * ce
+
+
+# --- the transfer set
+
+
+def synthesize(words: list[str], pool: list[str], rng: random.Random) -> list[str]:
+    """One synthetic sentence from ``words`` (Tang et al. 2019, §3.2: masking, swaps, n-gram sampling)."""
+    out = []
+    for w in words:
+        u = rng.random()
+        out.append(MASK if u < P_MASK else rng.choice(pool) if u < P_MASK + P_SWAP else w)
+    if rng.random() < P_NGRAM:
+        n = min(rng.randint(1, MAX_NGRAM), len(out))
+        start = rng.randrange(len(out) - n + 1)
+        out = out[start : start + n]
+    return out
+
+
+def augment(sentences: list[str], n: int, seed: int, max_tries: int = 10) -> list[str]:
+    """``n`` synthetic sentences per sentence, in order (all of sentence 0's first), reproducible from ``seed``."""
+    rng = random.Random(seed)
+    pool = [w for s in sentences for w in s.split()]
+    out = []
+    for s in sentences:
+        words = s.split()
+        for _ in range(n):
+            new = words
+            for _ in range(max_tries):
+                new = synthesize(words, pool, rng)
+                if new != words:
+                    break
+            out.append(" ".join(new))
+    return out
+
+
+# --- the teacher's logits, once
+
+
+def teacher_fingerprint(teacher: Path) -> str:
+    """Identifies a teacher run: its run.json (with its creation time) and metrics.json."""
+    h = hashlib.sha256()
+    for name in (RUN_FILE, METRICS_FILE):
+        h.update((Path(teacher) / name).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(fingerprint: str, texts: list[str]) -> str:
+    h = hashlib.sha256(fingerprint.encode())
+    for s in texts:
+        h.update(b"\0" + s.encode())
+    return h.hexdigest()
+
+
+def read_cache(path: Path, key: str) -> torch.Tensor | None:
+    """The cached logits (N, 2) at ``path`` when its key matches, else None."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return f.get_tensor("logits")
+    except Exception:  # an unreadable cache is only a cache: score again
+        return None
+
+
+def write_cache(path: Path, logits: torch.Tensor, key: str, teacher: Path, n_real: int) -> None:
+    meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(len(logits) - n_real)}
+    save_file({"logits": logits.contiguous()}, str(path), metadata=meta)
+
+
+def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:
+    """What the teacher reads: the augmentation's ``[MASK]`` as the teacher's mask (or unknown) token."""
+    mask = getattr(tokenizer, "mask_token", None) or getattr(tokenizer, "unk_token", None) or ""
+    return sentences if mask == MASK else [s.replace(MASK, mask) for s in sentences]
+
+
+def score_with_teacher(cfg: DistillConfig, sentences: list[str], device: torch.device, bar: Any
+                       ) -> tuple[torch.Tensor, str, bool]:
+    """Teacher logits (N, 2) for ``sentences``, from a cache when one matches: (logits, key, from_cache)."""
+    from transformers import AutoTokenizer
+
+    merged = Path(cfg.teacher) / "merged"
+    try:  # the tokenizer alone decides the texts, hence the key: no need to load the model on a cache hit
+        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    except Exception as e:
+        raise KdfastError(f"{merged}: could not load the teacher's tokenizer ({e})") from None
+    texts = teacher_texts(sentences, tokenizer)
+    key = cache_key(teacher_fingerprint(cfg.teacher), texts)
+    for candidate in (cfg.reuse_logits, cfg.out):
+        if candidate is not None and (cached := read_cache(Path(candidate) / CACHE_FILE, key)) is not None:
+            bar.console.print(f"teacher logits: reusing {Path(candidate) / CACHE_FILE}")
+            return cached, key, True
+    model, tokenizer = load_teacher(cfg.teacher)
+    model.to(device)
+    max_length = read_json(Path(cfg.teacher) / METRICS_FILE)["config"].get("max_length", 64)
+    logits = torch.zeros(len(texts), 2)
+    task = bar.add_task("teacher logits (once)", total=len(texts), loss=0.0, rate=0.0)
+    start, chunk = time.perf_counter(), 2048
+    for i in range(0, len(texts), chunk):
+        ids = encode(tokenizer, texts[i : i + chunk], max_length)
+        logits[i : i + chunk] = torch.from_numpy(
+            teacher_predict_logits(model, ids, tokenizer.pad_token_id, device, cfg.teacher_batch_size))
+        done = min(i + chunk, len(texts))
+        bar.update(task, completed=done, rate=done / (time.perf_counter() - start))
+    del model
+    return logits, key, False
+
+
+# --- the stage
+
+
+def run(cfg: ScratchConfig) -> dict[str, Any]:
+    """Train the student (distilled when ``cfg`` is a ``DistillConfig``) and write its run folder; returns the
+    contents of ``metrics.json``."""
+    # --- setup
+    distill = isinstance(cfg, DistillConfig)
+    cfg.validate()
+    cfg.out = Path(cfg.out)
+    check_out_dir(cfg.out, cfg.overwrite)
+    if isinstance(cfg, DistillConfig):
+        cfg.teacher = Path(cfg.teacher)
+        try:
+            read_run_info(cfg.teacher, "teacher")
+        except KdfastError as e:
+            raise KdfastError(f"--teacher {e}") from None
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    data = load_cola(cfg.data)
+    train = subsample(data.train, cfg.max_train_samples, cfg.seed)
+    sentences = [e.sentence for e in train]
+    labels = [e.label for e in train]
+    vocab = WordVocab.build(sentences, cfg.min_freq)
+    model = DistilRNN(cfg.student_config(len(vocab)))  # built right after seeding: same init in both modes
+    check_size(model)
+    model.to(device)
+    counts = parameter_counts(model)
+    runner = compile_student(model) if cfg.compile else model
+    dev_ids = [vocab.encode(e.sentence, cfg.max_length) for e in data.dev]
+    alpha = cfg.alpha if isinstance(cfg, DistillConfig) else 0.0
+    temperature = cfg.temperature if isinstance(cfg, DistillConfig) else 1.0
+    soft: torch.Tensor | None = None
+    synthetic: list[str] = []
+    cache: dict[str, Any] = {}
+
+    with progress_bar(cfg.progress) as bar:
+        if isinstance(cfg, DistillConfig):
+            synthetic = augment(sentences, cfg.augment, cfg.seed)
+            soft, key, hit = score_with_teacher(cfg, sentences + synthetic, device, bar)
+            cache = {"key": key, "reused": hit}
+            sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)
+        ids = [vocab.encode(s, cfg.max_length) for s in sentences]
+        label_t = torch.tensor(labels)
+        steps_per_epoch = -(-len(ids) // cfg.batch_size)
+        optimizer, scheduler = adamw_with_warmup(
+            model.parameters(), cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
+        )
+
+        # --- train
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] | None = None
+        best_state: dict[str, torch.Tensor] = {}
+        train_start = time.perf_counter()
+        for epoch in range(1, cfg.epochs + 1):
+            runner.train()
+            task = bar.add_task(f"{'distill' if distill else 'scratch'} epoch {epoch}/{cfg.epochs}", total=len(ids),
+                                loss=0.0, rate=0.0)
+            loss_sum, correct, real, seen, start = 0.0, 0, 0, 0, time.perf_counter()
+            for step, idx in enumerate(shuffled_batches(len(ids), cfg.batch_size, generator)):
+                input_ids, mask = pad_batch([ids[i] for i in idx], vocab.pad_id)
+                if cfg.compile:
+                    input_ids, mask = pad_for_compile(input_ids, mask, vocab.pad_id)
+                y = label_t[idx].to(device)
+                logits = runner(input_ids.to(device), mask.to(device))  # (B, 2)
+                teacher = soft[idx].to(device) if soft is not None else None
+                loss = kd_loss(logits, teacher, y, temperature, alpha)
+                check_finite(loss, epoch, step)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.item() * len(idx)
+                labelled = y >= 0
+                correct += int((logits.argmax(-1) == y)[labelled].sum())
+                real += int(labelled.sum())
+                seen += len(idx)
+                bar.update(task, advance=len(idx), loss=loss_sum / seen, rate=seen / (time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            report = score_dev(predict_logits(runner, dev_ids, device, vocab.pad_id, bucket=cfg.compile), data.dev)
+            history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / max(real, 1),
+                            "train_sentences_per_s": seen / seconds, **report})
+            bar.console.print(
+                f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
+                f"dev MCC {report['dev_mcc']:.4f}"
+            )
+            if best is None or report["dev_mcc"] > best["dev_mcc"]:
+                best = best_summary(epoch, report)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        train_seconds = time.perf_counter() - train_start
+    assert best is not None
+    model.load_state_dict(best_state)
+
+    # --- save
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    metrics: dict[str, Any] = {
+        "history": history,
+        "best": best,
+        **counts,
+        "config": config,
+        "student": asdict(model.cfg),
+        "train_seconds": train_seconds,
+        "data": {"source": data.source, "train": len(train), "synthetic": len(synthetic), "dev": len(data.dev),
+                 "dev_in_domain": len(data.dev_in_domain), "dev_out_of_domain": len(data.dev_out_of_domain),
+                 "vocab": len(vocab), "synthetic_examples": synthetic[:5]},
+    }
+    if isinstance(cfg, DistillConfig):
+        teacher_best = read_json(cfg.teacher / METRICS_FILE).get("best", {})
+        teacher_mcc = teacher_best.get("dev_mcc")
+        metrics["teacher"] = {"run": str(cfg.teacher), "best": teacher_best, "logits_cache": cache,
+                              "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None}
+    mode = "distill" if distill else "scratch"
+    with staged_dir(cfg.out, cfg.overwrite) as tmp:
+        save_student(model.cpu(), vocab, cfg.max_length, tmp)
+        if soft is not None:
+            write_cache(tmp / CACHE_FILE, soft, cache["key"], Path(config["teacher"]), len(train))
+        write_json(tmp / METRICS_FILE, metrics)
+        s = model.cfg
+        arch = f"{'Bi' if s.bidirectional else ''}{s.cell.upper()} {s.layers}x{s.hidden}"
+        how = f"distilled (T={temperature:g}, alpha={alpha:g}, +{len(synthetic):,} synthetic)" if distill else "scratch"
+        title = f"{arch} student, {how}, on CoLA"
+        plot_curves(history, tmp / "curves.png", title)
+        write_run_info(tmp, "student", mode=mode)
+    return metrics

@@ -1,0 +1,178 @@
+"""Distillation: the KD loss by hand, the transfer set, the teacher-logit cache, and both commands end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import kdfast.distill
+from kdfast.distill import CACHE_FILE, DistillConfig, augment, kd_loss, run
+from kdfast.student import MASK
+
+STUDENT_FLAGS = ["--hidden", "8", "--embed-dim", "8", "--epochs", "2", "--max-train-samples", "48", "--batch-size",
+                 "16", "--device", "cpu", "--no-progress"]
+STUDENT_FILES = {"run.json", "metrics.json", "student.safetensors", "student_config.json", "vocab.json", "curves.png"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def kdfast_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str,
+                                                                                                           str]:
+    """Run ``kdfast ARGS`` in this process: (exit code, stdout, stderr)."""
+    from kdfast.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["kdfast", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def test_kd_loss_by_hand() -> None:
+    s, t, T, alpha = [1.0, 2.0], [3.0, 0.0], 2.0, 0.3
+
+    def softmax(z: list[float]) -> list[float]:
+        e = [math.exp(v / T) for v in z]
+        return [v / sum(e) for v in e]
+
+    p, q = softmax(t), softmax(s)  # teacher, student at temperature T
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+    ce = -math.log(math.exp(s[1]) / (math.exp(s[0]) + math.exp(s[1])))  # label 1, at T = 1
+    expected = alpha * T**2 * kl + (1 - alpha) * ce
+    got = kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([1]), T, alpha)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert got.item() != pytest.approx(alpha * kl + (1 - alpha) * ce, rel=1e-3)  # the T² is there
+    assert kd_loss(torch.tensor([s]), None, torch.tensor([1]), T, 0.0).item() == pytest.approx(ce, rel=1e-6)
+
+
+def test_kd_loss_unlabelled_rows_count_in_kl_only() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 2, dtype=torch.float16), torch.randn(4, 2)
+    y = torch.tensor([1, 0, -1, -1])
+    loss = kd_loss(s, t, y, 2.0, 0.5)
+    assert loss.dtype == torch.float32
+    ce = torch.nn.functional.cross_entropy(s[:2].float(), y[:2])
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s.float() / 2, -1), torch.softmax(t / 2, -1),
+                                    reduction="batchmean")
+    torch.testing.assert_close(loss, 0.5 * 4 * kl + 0.5 * ce)
+    assert kd_loss(s, t, torch.full((4,), -1), 2.0, 0.0).item() == 0.0
+
+
+def test_augment_is_seeded_and_changes_every_sentence() -> None:
+    sentences = ["the cat sat on the mat .", "John left", "Bill saw himself in the mirror ."]
+    a = augment(sentences, 3, seed=1)
+    assert a == augment(sentences, 3, seed=1) and a != augment(sentences, 3, seed=2)
+    assert len(a) == 9
+    for i, s in enumerate(a):
+        assert s != sentences[i // 3] and s.split()
+    words = {w for s in sentences for w in s.split()} | {MASK}
+    assert all(w in words for s in a for w in s.split())
+    assert any(MASK in s for s in augment(sentences, 20, seed=0))
+
+
+def test_distill_through_the_cli_writes_every_artifact(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], teacher_run: Path,
+                                                        cola_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "student"
+    code, stdout, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data",
+                                   str(cola_dir), "--out", str(out), "--augment", "2", "--temperature", "2",
+                                   "--alpha", "0.5", "--cell", "gru", *STUDENT_FLAGS)
+    assert code == 0, err
+    assert "wrote" in stdout
+    assert {p.name for p in out.iterdir()} == STUDENT_FILES | {CACHE_FILE}
+    info = json.loads((out / "run.json").read_text())
+    assert (info["kind"], info["mode"]) == ("student", "distill")
+    metrics = json.loads((out / "metrics.json").read_text())
+    check_schema(metrics)
+    assert metrics["data"]["train"] == 48 and metrics["data"]["synthetic"] == 96
+    with safe_open(str(out / CACHE_FILE), framework="pt") as f:
+        assert f.get_tensor("logits").shape == (48 * 3, 2)
+    code, stdout, err = kdfast_cli(monkeypatch, capsys, "eval", str(out), "--json", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["mode"] == "distill" and report["dev_mcc"] == pytest.approx(metrics["best"]["dev_mcc"])
+
+
+def test_train_rnn_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                   cola_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rnn"
+    code, _, err = kdfast_cli(monkeypatch, capsys, "train", "rnn", "--data", str(cola_dir), "--out", str(out),
+                              "--pooling", "last", *STUDENT_FLAGS)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == STUDENT_FILES
+    assert json.loads((out / "run.json").read_text())["mode"] == "scratch"
+    check_schema(json.loads((out / "metrics.json").read_text()))
+    code, _, err = kdfast_cli(monkeypatch, capsys, "compare", str(out), "--plot", str(tmp_path / "cmp.png"))
+    assert code == 0, err
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def check_schema(metrics: dict[str, Any]) -> None:
+    assert len(metrics["history"]) == 2
+    for entry in metrics["history"]:
+        assert {"epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "dev_mcc"} <= entry.keys()
+    assert {"epoch", "dev_acc", "dev_mcc", "dev_in_domain_mcc", "dev_out_of_domain_mcc"} <= metrics["best"].keys()
+    assert metrics["best"]["dev_mcc"] == max(h["dev_mcc"] for h in metrics["history"])
+    for key in ("trainable_params", "total_params", "non_embedding_params", "config"):
+        assert key in metrics
+    assert 0 < metrics["non_embedding_params"] < metrics["total_params"]
+
+
+def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, cola_dir: Path,
+                                          tmp_path: Path) -> None:
+    calls = []
+    real_load = kdfast.distill.load_teacher
+
+    def counting_load(run_dir: Path, merged: bool = True) -> Any:
+        calls.append(run_dir)
+        return real_load(run_dir, merged)
+
+    monkeypatch.setattr(kdfast.distill, "load_teacher", counting_load)
+    cfg = dict(teacher=teacher_run, data=str(cola_dir), out=tmp_path / "s", epochs=2, hidden=8, embed_dim=8,
+               max_train_samples=32, augment=1, device="cpu", progress=False)
+    first = run(DistillConfig(**cfg))
+    assert len(calls) == 1 and not first["teacher"]["logits_cache"]["reused"]  # once, not once per epoch
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the teacher was loaded again")
+
+    monkeypatch.setattr(kdfast.distill, "load_teacher", refuse)
+    again = run(DistillConfig(**{**cfg, "overwrite": True}))  # same --out
+    assert again["teacher"]["logits_cache"]["reused"]
+    elsewhere = run(DistillConfig(**{**cfg, "out": tmp_path / "s2", "reuse_logits": tmp_path / "s", "lr": 1e-3}))
+    assert elsewhere["teacher"]["logits_cache"]["reused"]
+    # another transfer set is another key: the teacher must run
+    with pytest.raises(AssertionError, match="loaded again"):
+        run(DistillConfig(**{**cfg, "out": tmp_path / "s3", "reuse_logits": tmp_path / "s", "augment": 2}))
+
+
+def test_teacher_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cola_dir: Path,
+                        tmp_path: Path) -> None:
+    args = ["distill", "--data", str(cola_dir), "--out", str(tmp_path / "out"), "--no-progress"]
+    code, _, err = kdfast_cli(monkeypatch, capsys, *args, "--teacher", str(tmp_path / "missing"))
+    assert code == 2 and err.startswith("error: --teacher") and "no such run folder" in err
+    (tmp_path / "plain").mkdir()
+    code, _, err = kdfast_cli(monkeypatch, capsys, *args, "--teacher", str(tmp_path / "plain"))
+    assert code == 2 and err.startswith("error: ") and "not a kdfast run folder" in err
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "run.json").write_text(json.dumps({"kind": "student", "mode": "scratch"}))
+    code, _, err = kdfast_cli(monkeypatch, capsys, *args, "--teacher", str(student))
+    assert code == 2 and "a student run, expected a teacher run" in err
+    assert not (tmp_path / "out").exists()
+    code, _, err = kdfast_cli(monkeypatch, capsys, *args, "--teacher", str(student), "--alpha", "2")
+    assert code == 2 and "--alpha must be in [0, 1]" in err
