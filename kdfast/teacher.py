@@ -85,10 +85,10 @@ def check_model_name(name: str) -> None:
         raise KdfastError(f"--model {name}: no such folder")
 
 
-def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
-    """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding."""
+def load_tokenizer(name: str) -> Any:
+    """A model's tokenizer with a pad token (GPT-2: eos) and right padding."""
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -97,15 +97,23 @@ def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
         raise KdfastError(f"--model {name}: could not load its tokenizer ({first_line(e)})") from None
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
-    except Exception as e:
-        raise KdfastError(f"--model {name}: could not load a sequence classifier ({first_line(e)})") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise KdfastError(f"--model {name}: its tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
+    """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+    except Exception as e:
+        raise KdfastError(f"--model {name}: could not load a sequence classifier ({first_line(e)})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

@@ -1,0 +1,465 @@
+"""``kdfast bench``: latency and accuracy of every way to run the teacher and the students, side by side.
+
+One stage, shaped setup → measure → save (``run``). For a teacher run and any number of student runs it measures
+every variant that applies, in this order::
+
+    teacher-unmerged    PyTorch, LoRA adapters unmerged (y = x·Wᵀ + s·x·Aᵀ·Bᵀ in every projection)
+    teacher-merged      PyTorch, LoRA merged into W: "teacher eager", the baseline of every ``speedup``
+    teacher-fused       PyTorch, unmerged through the fused Triton LoRA kernel (CUDA only)
+    teacher-onnx-fp32   ONNX Runtime, RUN/onnx/model.onnx
+    teacher-onnx-opt    ONNX Runtime, RUN/onnx/model.opt.onnx (ONNX Runtime's transformer optimizer)
+    teacher-onnx-int8   ONNX Runtime, dynamic int8 quantization of model.opt.onnx (CPU only)
+    student-eager       PyTorch, nn.LSTM / nn.GRU
+    student-compiled    PyTorch, the cell-loop student through torch.compile
+    student-onnx-fp32   ONNX Runtime, RUN/onnx/model.onnx
+    student-onnx-int8   ONNX Runtime, dynamic int8 quantization (CPU only)
+
+A variant that cannot run here (no CUDA, no triton, no onnxruntime, no optimizer for the architecture, a compile
+that fails) is skipped with its reason in ``skipped``.
+
+**Teacher eager** is ``teacher-merged``: fp32 PyTorch running the very model that is exported to ONNX, so that
+``teacher-onnx-* / teacher eager`` measures the runtime and nothing else (the unmerged teacher does extra LoRA
+matmuls and would flatter every other variant).
+
+**ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export`` with its
+parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). Export refuses
+an int8 model that agrees with PyTorch on fewer than 99% of dev labels (our MiniLM teachers: about 98%); the export is
+then redone without it, and bench quantizes the checked model itself, exactly as ``export --int8`` does, into a
+temporary folder that is deleted afterwards: an unchecked model is never written into a run folder. Such a row says
+so in ``note``, and its ``agreement`` column is the measured share of dev labels equal to PyTorch's. An existing
+export is used as it is (never replaced); one made from an earlier run at the same path is skipped, with a note.
+
+**Method.** Inputs are real CoLA dev sentences: a seeded sample of ``timed_sentences`` of them (order kept), cut
+into consecutive batches of each batch size and right-padded to the longest sentence in the batch. The same
+tokenized batches serve every variant of one model (the students' word ids differ from the teacher's tokens, the
+sentences do not). For each variant and batch size: ``warmup`` calls are made and not timed (the compiled student
+also runs every distinct batch once first, so that no compile happens on the clock); then calls are timed one by
+one, cycling through the batches, until both ``iters`` calls and ``min_time`` seconds are done. Threads are fixed
+for both runtimes: ``torch.set_num_threads(threads)`` and ONNX Runtime's ``intra_op_num_threads = threads``
+(``inter_op_num_threads = 1``, sequential execution). On CUDA the device is synchronised around every timed call
+and ONNX Runtime runs through IO binding with inputs and outputs on the GPU (that path is not exercised on the CPU
+machines this was written on). Accuracy and MCC are scored separately from the timing, over the whole dev set
+batched exactly as ``kdfast eval`` batches it (by length, 64 at a time), with the same ``score_dev``: for
+``teacher-merged`` and ``student-eager`` they are ``kdfast eval``'s numbers.
+
+**Output** (``run`` returns it; ``--json`` writes it as is)::
+
+    {"meta": {"date", "machine": {"host", "cpu", "cpus", "platform"}, "versions": {"python", "kdfast", "torch",
+              "transformers", "onnxruntime", "onnx", "numpy"}, "commit", "threads", "device", "device_name",
+              "teacher_eager": "teacher-merged", "data", "dev_sentences", "timed_sentences", "batch_sizes",
+              "warmup", "iters", "min_time", "load_avg": {"start", "end"} (1-minute, os.getloadavg),
+              "warnings": [str, ...] (e.g. a machine too busy for the thread count)},
+     "results": [row, ...],          # one per (model, variant, batch_size), in the order above
+     "skipped": [{"model", "variant", "reason"}, ...],
+     "ratios": [{"name", "batch_size", "fast", "fast_p50_ms", "slow", "slow_p50_ms", "ratio" (slow p50 / fast p50),
+                 "target", "mcc_drop" (slow MCC - fast MCC, int8 only), "mcc_drop_max", "met"}, ...]}
+
+Each row (``ROW_FIELDS``; the CSV and Markdown files have these columns in this order):
+
+    model        run folder name          variant      as above               batch_size   sentences per call
+    p50_ms, p90_ms, p99_ms, mean_ms       latency of one call (one batch), milliseconds
+    cv           std / mean of the latencies (population std)
+    throughput   sentences/s = batch_size / mean latency
+    acc, mcc     over the whole dev set (the same in every batch-size row of a variant)
+    agreement    share of dev labels equal to the model's PyTorch reference (teacher-merged, student-eager)
+    params       parameters of the model (the ONNX models: of the PyTorch model they were exported from)
+    file_mb      size of the weights it loads from disk, 10⁶ bytes (null when built in memory)
+    speedup      teacher-merged p50 / this p50 at the same batch size (null without a teacher)
+    seq_len      mean padded length of the timed batches, tokens (teacher) or words (student)
+    calls        timed calls;  setup_s  untimed load (+ export, quantize, compile) and dev scoring;  load_1m  at start
+    runtime      pytorch | onnxruntime;  note  anything the reader must know about the row
+
+``ratios`` are the three the project set itself (on a 2-core CPU): student ONNX at least 30x faster than teacher
+ONNX at batch 1; teacher ONNX at least 2x faster than teacher eager; teacher int8 at least 1.5x faster than teacher
+fp32 ONNX with dev MCC lower by at most 0.02.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from kdfast import __version__
+from kdfast.batching import length_sorted_batches, pad_batch
+from kdfast.bench_variants import (
+    VARIANTS,
+    Loaded,
+    ModelInputs,
+    Skip,
+    student_builders,
+    student_inputs,
+    teacher_builders,
+    teacher_inputs,
+)
+from kdfast.data import Example, load_cola, subsample
+from kdfast.errors import KdfastError, first_line
+from kdfast.runs import METRICS_FILE, read_json, read_run_info
+from kdfast.teacher import score_dev
+from kdfast.training import resolve_device
+
+TEACHER_EAGER = "teacher-merged"  # the baseline of ``speedup``
+REFERENCE = {"teacher": "teacher-merged", "student": "student-eager"}  # what ``agreement`` compares with
+ROW_FIELDS = ["model", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc",
+              "mcc", "agreement", "params", "file_mb", "speedup", "seq_len", "calls", "setup_s", "load_1m", "runtime",
+              "note"]
+DEV_BATCH_SIZE = 64  # kdfast eval's batch size for scoring
+# The ratios the project set itself, on a 2-core CPU.
+TARGET_STUDENT_VS_TEACHER_ONNX = 30.0
+TARGET_ONNX_VS_EAGER = 2.0
+TARGET_INT8_VS_FP32 = 1.5
+MAX_INT8_MCC_DROP = 0.02
+
+
+@dataclass
+class BenchConfig:
+    teacher: Path | None = None  # a teacher run folder
+    students: list[Path] = field(default_factory=list)  # student run folders
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    threads: int | None = None  # torch and ONNX Runtime intra-op threads; None: torch's current setting
+    device: str = "cpu"  # cpu | cuda | auto
+    warmup: int = 10  # untimed calls before timing each variant at each batch size
+    iters: int = 100  # timed calls, at least
+    min_time: float = 2.0  # seconds of timed calls, at least
+    data: str | None = None  # CoLA source; default the data of the first run given
+    variants: list[str] | None = None  # a subset of VARIANTS; None: every one that applies
+    timed_sentences: int = 256  # the dev sample the timed batches are cut from
+    json: Path | None = None  # where to write the report (and the formats below)
+    csv: Path | None = None
+    md: Path | None = None
+    plot: Path | None = None  # PNG: latency (log) against dev MCC
+    progress: bool = True  # say what is happening on stderr
+
+    def validate(self) -> None:
+        checks = [
+            (self.teacher is not None or bool(self.students),
+             "nothing to bench: give --teacher RUN_DIR and/or --student RUN_DIR"),
+            (bool(self.batch_sizes) and all(b >= 1 for b in self.batch_sizes),
+             f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
+            (self.warmup >= 0, f"--warmup must be at least 0, got {self.warmup}"),
+            (self.iters >= 1, f"--iters must be at least 1, got {self.iters}"),
+            (self.min_time >= 0, f"--min-time must be at least 0, got {self.min_time}"),
+            (self.timed_sentences >= 1, f"timed_sentences must be at least 1, got {self.timed_sentences}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KdfastError(message)
+        unknown = sorted(set(self.variants or []) - set(VARIANTS))
+        if unknown:
+            raise KdfastError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        for path in (self.json, self.csv, self.md, self.plot):
+            if path is not None and Path(path).is_dir():
+                raise KdfastError(f"{path} is a folder; give a file name")
+
+
+# --- timing
+
+
+def sync_fn(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def time_calls(forward: Callable[..., Any], batches: list[tuple[Any, ...]], warmup: int, iters: int,
+               min_time: float, sync: Callable[[], None], warm_every_batch: bool = False) -> list[float]:
+    """Seconds per call, cycling through ``batches``: at least ``iters`` calls and ``min_time`` seconds, after
+    ``warmup`` untimed calls (and one untimed call per batch when ``warm_every_batch``)."""
+    with torch.no_grad():
+        for i in range(warmup + (len(batches) if warm_every_batch else 0)):
+            forward(*batches[i % len(batches)])
+        sync()
+        times: list[float] = []
+        start = time.perf_counter()
+        i = 0
+        while len(times) < iters or time.perf_counter() - start < min_time:
+            batch = batches[i % len(batches)]
+            sync()
+            t0 = time.perf_counter()
+            forward(*batch)
+            sync()
+            times.append(time.perf_counter() - t0)
+            i += 1
+    return times
+
+
+def latency_stats(times: list[float], batch_size: int) -> dict[str, float]:
+    ms = np.asarray(times) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    mean = float(ms.mean())
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean,
+            "cv": float(ms.std() / mean) if mean else 0.0, "throughput": batch_size / (mean / 1e3)}
+
+
+def timed_batches(ids: list[list[int]], pad_id: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of ``batch_size`` (the last one may be short), right-padded: (input_ids, mask)."""
+    return [pad_batch(ids[i : i + batch_size], pad_id) for i in range(0, len(ids), batch_size)]
+
+
+@torch.no_grad()
+def dev_logits(loaded: Loaded, ids: list[list[int]], pad_id: int) -> np.ndarray:
+    """Logits (N, 2) over ``ids``, batched as ``kdfast eval`` batches them."""
+    out = np.zeros((len(ids), 2), dtype=np.float32)
+    for idx in length_sorted_batches(ids, DEV_BATCH_SIZE):
+        input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
+        out[idx] = loaded.fetch(loaded.forward(*loaded.prepare(input_ids, mask)))
+    return out
+
+
+# --- meta
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str:
+    """The commit kdfast runs from, ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def meta(cfg: BenchConfig, device: torch.device, threads: int, data_source: str, n_dev: int,
+         n_timed: int) -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "kdfast": __version__, "torch": torch.__version__,
+                **{d: _version(d) for d in ("transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy")}}
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "versions": {k: v for k, v in versions.items() if v is not None},
+        "commit": git_commit(),
+        "threads": threads,
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else machine()["cpu"],
+        "teacher_eager": TEACHER_EAGER,
+        "data": data_source,
+        "dev_sentences": n_dev,
+        "timed_sentences": n_timed,
+        "batch_sizes": cfg.batch_sizes,
+        "warmup": cfg.warmup,
+        "iters": cfg.iters,
+        "min_time": cfg.min_time,
+        "load_avg": {"start": load_avg(), "end": None},
+        "warnings": busy_warning(threads, device),
+    }
+
+
+def busy_warning(threads: int, device: torch.device) -> list[str]:
+    """A warning when other processes already keep the CPUs busy: each parallel region of a multi-threaded op then
+    waits for a thread the scheduler has parked (on 2 busy cores, 2 torch threads made MiniLM at batch 1 30x
+    slower than 1 thread did)."""
+    load, cpus = load_avg(), os.cpu_count() or 1
+    if device.type != "cpu" or load is None or load + threads <= cpus:
+        return []
+    return [f"the CPUs were busy before bench started (load average {load:.2f} on {cpus} CPUs) and it uses {threads} "
+            f"threads: latencies are inflated and uneven, multi-threaded PyTorch most of all; measure on an idle "
+            f"machine or with fewer --threads"]
+
+
+# --- ratios
+
+
+def headline_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The three ratios the project set itself, from whichever rows exist."""
+    def find(variant: str, batch: int, model: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in rows if r["variant"] == variant and r["batch_size"] == batch
+                and (model is None or r["model"] == model)]
+
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, fast: dict[str, Any], slow: dict[str, Any], target: float, mcc_drop_max: float | None = None
+            ) -> None:
+        ratio = slow["p50_ms"] / fast["p50_ms"]
+        entry: dict[str, Any] = {"name": name, "batch_size": fast["batch_size"],
+                                 "fast": f"{fast['variant']} ({fast['model']})", "fast_p50_ms": fast["p50_ms"],
+                                 "slow": f"{slow['variant']} ({slow['model']})", "slow_p50_ms": slow["p50_ms"],
+                                 "ratio": ratio, "target": target, "mcc_drop": None, "mcc_drop_max": mcc_drop_max}
+        met = ratio >= target
+        if mcc_drop_max is not None:
+            entry["mcc_drop"] = slow["mcc"] - fast["mcc"]
+            met = met and entry["mcc_drop"] <= mcc_drop_max
+        entry["met"] = met
+        out.append(entry)
+
+    batches = sorted({r["batch_size"] for r in rows})
+    for t in find("teacher-onnx-fp32", 1):
+        for s in find("student-onnx-fp32", 1):
+            add("student ONNX vs teacher ONNX", s, t, TARGET_STUDENT_VS_TEACHER_ONNX)
+    for b in batches:
+        for eager in find(TEACHER_EAGER, b):
+            for variant in ("teacher-onnx-fp32", "teacher-onnx-opt"):
+                for r in find(variant, b, eager["model"]):
+                    add("teacher ONNX vs teacher eager", r, eager, TARGET_ONNX_VS_EAGER)
+        for fp32 in find("teacher-onnx-fp32", b):
+            for r in find("teacher-onnx-int8", b, fp32["model"]):
+                add("teacher int8 vs teacher fp32 ONNX", r, fp32, TARGET_INT8_VS_FP32, MAX_INT8_MCC_DROP)
+    return out
+
+
+# --- the stage
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Measure every variant that applies; returns the report (``meta``, ``results``, ``skipped``, ``ratios``) and
+    writes the files ``cfg`` names."""
+    # --- setup
+    cfg.validate()
+    say = Console(stderr=True, quiet=not cfg.progress).print
+    device = resolve_device(cfg.device)
+    threads = cfg.threads or torch.get_num_threads()
+    runs: list[tuple[str, Path]] = []
+    if cfg.teacher is not None:
+        read_run_info(Path(cfg.teacher), "teacher")
+        runs.append(("teacher", Path(cfg.teacher)))
+    for student in cfg.students:
+        read_run_info(Path(student), "student")
+        runs.append(("student", Path(student)))
+    names = [p.name for _, p in runs]
+    if len(set(names)) != len(names):
+        raise KdfastError(f"two runs share a folder name ({', '.join(names)}); rows are named by it")
+    data = cfg.data or str(read_json(runs[0][1] / METRICS_FILE)["config"]["data"])
+    cola = load_cola(data)
+    dev: list[Example] = cola.dev
+    timed = [e.sentence for e in subsample(dev, cfg.timed_sentences, seed=0)]
+    sentences = [e.sentence for e in dev]
+    report: dict[str, Any] = {"meta": meta(cfg, device, threads, cola.source, len(dev), len(timed)), "results": [],
+                              "skipped": [], "ratios": []}
+    wanted = set(cfg.variants or VARIANTS)
+    sync = sync_fn(device)
+
+    # --- measure
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="kdfast-bench-") as tmp:
+        for kind, run_dir in runs:
+            say(f"[bold]{kind} {run_dir}[/]")
+            inputs = (teacher_inputs if kind == "teacher" else student_inputs)(run_dir, timed, sentences)
+            builders = (teacher_builders if kind == "teacher" else student_builders)(
+                run_dir, cfg.data, device, threads, Path(tmp), say)
+            labels: dict[str, np.ndarray] = {}  # dev predictions of each variant measured
+            for variant, build in builders:
+                if variant in wanted:
+                    logits = measure_variant(cfg, variant, build, inputs, dev, sync, say, report)
+                    if logits is not None:
+                        labels[variant] = logits.argmax(-1)
+            reference = labels.get(REFERENCE[kind])
+            for row in report["results"]:
+                if row["model"] == inputs.name and reference is not None:
+                    row["agreement"] = float((labels[row["variant"]] == reference).mean())
+    report["meta"]["load_avg"]["end"] = load_avg()
+    add_speedups(report["results"])
+    report["ratios"] = headline_ratios(report["results"])
+
+    # --- save
+    from kdfast.bench_report import write_outputs
+
+    write_outputs(report, json_path=cfg.json, csv_path=cfg.csv, md_path=cfg.md, plot_path=cfg.plot)
+    return report
+
+
+def measure_variant(cfg: BenchConfig, variant: str, build: Callable[[], Loaded], inputs: ModelInputs,
+                    dev: list[Example], sync: Callable[[], None], say: Callable[..., None],
+                    report: dict[str, Any]) -> np.ndarray | None:
+    """Build one variant, score it on dev, time it at every batch size; append its rows (or its skip) to
+    ``report``. Returns its dev logits, or None when it was skipped."""
+    start = time.perf_counter()
+    try:
+        loaded = build()
+        say(f"  {variant}: scoring the {len(dev)} dev sentences")
+        logits = dev_logits(loaded, inputs.dev, inputs.pad_id)
+    except Skip as e:
+        say(f"  [yellow]{variant}: skipped[/] ({e})")
+        report["skipped"].append({"model": inputs.name, "variant": variant, "reason": str(e)})
+        return None
+    except Exception as e:
+        if variant != "student-compiled":
+            raise
+        # torch.compile needs a working C++ toolchain (Inductor on the CPU) or triton (CUDA): a missing one is a
+        # property of the machine, not a bug in the student.
+        reason = f"torch.compile failed here: {first_line(e)}"
+        say(f"  [yellow]{variant}: skipped[/] ({reason})")
+        report["skipped"].append({"model": inputs.name, "variant": variant, "reason": reason})
+        return None
+    scores = score_dev(logits, dev)
+    setup_s = time.perf_counter() - start
+    for batch_size in cfg.batch_sizes:
+        batches = timed_batches(inputs.timed, inputs.pad_id, batch_size)
+        prepared = [loaded.prepare(ids, mask) for ids, mask in batches]
+        load_1m = load_avg()
+        t0 = time.perf_counter()
+        times = time_calls(loaded.forward, prepared, cfg.warmup, cfg.iters, cfg.min_time, sync,
+                           loaded.warm_every_batch)
+        if loaded.warm_every_batch:  # the first pass over the batches compiled them: count it as setup
+            setup_s += time.perf_counter() - t0 - sum(times)
+        stats = latency_stats(times, batch_size)
+        seen = [batches[i % len(batches)][0].shape[1] for i in range(len(times))]
+        row = {"model": inputs.name, "variant": variant, "batch_size": batch_size, **stats,
+               "acc": scores["dev_acc"], "mcc": scores["dev_mcc"], "agreement": None, "params": loaded.params,
+               "file_mb": loaded.file_mb, "speedup": None, "seq_len": float(np.mean(seen)), "calls": len(times),
+               "setup_s": setup_s, "load_1m": load_1m, "runtime": loaded.runtime, "note": loaded.note}
+        report["results"].append(row)
+        say(f"  {variant} batch {batch_size}: p50 {stats['p50_ms']:.3f} ms, {stats['throughput']:.1f} sentences/s, "
+            f"dev MCC {scores['dev_mcc']:.4f} ({len(times)} calls)")
+    del loaded
+    gc.collect()
+    return logits
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """``speedup`` = teacher eager's p50 / the row's p50, at the same batch size."""
+    base = {r["batch_size"]: r["p50_ms"] for r in rows if r["variant"] == TEACHER_EAGER}
+    for r in rows:
+        if r["batch_size"] in base:
+            r["speedup"] = base[r["batch_size"]] / r["p50_ms"]

@@ -1,0 +1,173 @@
+"""The files ``kdfast bench`` writes (JSON, CSV, Markdown, a PNG) and ``--compare`` of two JSON reports.
+
+The schema is documented once, in ``kdfast.bench``'s docstring; ``ROW_FIELDS`` is the column order of CSV and
+Markdown alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from kdfast.bench import ROW_FIELDS, VARIANTS
+from kdfast.errors import KdfastError
+from kdfast.runs import read_json, write_json
+
+# How each column is printed in Markdown (JSON and CSV keep full precision).
+FORMATS = {"p50_ms": "{:.3f}", "p90_ms": "{:.3f}", "p99_ms": "{:.3f}", "mean_ms": "{:.3f}", "cv": "{:.3f}",
+           "throughput": "{:.1f}", "acc": "{:.4f}", "mcc": "{:.4f}", "agreement": "{:.4f}", "params": "{:,}",
+           "file_mb": "{:.1f}", "speedup": "{:.2f}", "seq_len": "{:.1f}", "setup_s": "{:.1f}", "load_1m": "{:.2f}"}
+REQUIRED = ("variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc", "mcc",
+            "params", "file_mb", "speedup")
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    fmt = FORMATS.get(key)
+    return fmt.format(value) if fmt and isinstance(value, (int, float)) else str(value)
+
+
+def csv_text(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report["results"])
+    return out.getvalue()
+
+
+def meta_line(meta: dict[str, Any]) -> str:
+    m, v = meta["machine"], meta["versions"]
+    load = meta.get("load_avg") or {}
+    return (f"{meta['date']}, {m['host']} ({m['cpu']}, {m['cpus']} CPUs), device {meta['device']} "
+            f"({meta['device_name']}), {meta['threads']} threads, torch {v.get('torch')}, onnxruntime "
+            f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, commit {meta['commit']}, load average "
+            f"{load.get('start')} → {load.get('end')}; {meta['timed_sentences']} timed dev sentences, warm-up "
+            f"{meta['warmup']}, ≥ {meta['iters']} calls and ≥ {meta['min_time']} s per row; acc/MCC over "
+            f"{meta['dev_sentences']} dev sentences ({meta['data']}); speedup against {meta['teacher_eager']}")
+
+
+def ratio_line(r: dict[str, Any]) -> str:
+    text = (f"{r['name']}, batch {r['batch_size']}: {r['slow']} {r['slow_p50_ms']:.3f} ms / {r['fast']} "
+            f"{r['fast_p50_ms']:.3f} ms = {r['ratio']:.2f}x (target ≥ {r['target']:g}x")
+    if r.get("mcc_drop") is not None:
+        text += f"; dev MCC drop {r['mcc_drop']:.4f}, at most {r['mcc_drop_max']:g}"
+    return text + f"): {'met' if r['met'] else 'NOT met'}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [meta_line(report["meta"]), *(f"\n**Warning**: {w}" for w in report["meta"].get("warnings", [])), "",
+             "| " + " | ".join(ROW_FIELDS) + " |",
+             "| " + " | ".join("---" for _ in ROW_FIELDS) + " |"]
+    for row in report["results"]:
+        lines.append("| " + " | ".join(cell(row, k).replace("|", "\\|") for k in ROW_FIELDS) + " |")
+    if report.get("skipped"):
+        lines += ["", "Skipped:", ""] + [f"- {s['variant']} ({s['model']}): {s['reason']}" for s in report["skipped"]]
+    if report.get("ratios"):
+        lines += ["", "Ratios:", ""] + [f"- {ratio_line(r)}" for r in report["ratios"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency p50 (log scale) against dev MCC, one panel per batch size, one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    batches = sorted({r["batch_size"] for r in rows}) or [1]
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(VARIANTS)}
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for r in (r for r in rows if r["batch_size"] == batch):
+            marker = "o" if r["variant"].startswith("teacher") else "s"
+            ax.scatter(r["p50_ms"], r["mcc"], color=colors.get(r["variant"], "black"), marker=marker, s=50)
+            label = r["variant"] if r["variant"].startswith("teacher") else f"{r['variant']} ({r['model']})"
+            ax.annotate(label, (r["p50_ms"], r["mcc"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"p50 latency per batch of {batch}, ms (log scale)")
+        ax.set_ylabel("dev MCC")
+        ax.set_title(f"batch {batch}")
+        ax.grid(alpha=0.3, which="both")
+    meta = report["meta"]
+    fig.suptitle(f"kdfast bench: {meta['device_name']}, {meta['threads']} threads, commit {meta['commit']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], json_path: Path | None = None, csv_path: Path | None = None,
+                  md_path: Path | None = None, plot_path: Path | None = None) -> None:
+    for path in (json_path, csv_path, md_path, plot_path):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if json_path is not None:
+        write_json(Path(json_path), report)
+    if csv_path is not None:
+        Path(csv_path).write_text(csv_text(report))
+    if md_path is not None:
+        Path(md_path).write_text(markdown(report))
+    if plot_path is not None:
+        plot(report, Path(plot_path))
+
+
+# --- --compare
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A JSON report written by ``kdfast bench --json``, its rows checked to have the schema's keys."""
+    report = read_json(Path(path))
+    if not isinstance(report, dict) or not isinstance(report.get("meta"), dict) or \
+            not isinstance(report.get("results"), list):
+        raise KdfastError(f"{path}: not a kdfast bench report (expected {{\"meta\": ..., \"results\": [...]}})")
+    for i, row in enumerate(report["results"]):
+        missing = [k for k in REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise KdfastError(f"{path}: result {i} lacks {', '.join(missing)}")
+    return report
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of ``a`` and ``b`` paired by variant and batch size (and by model when a variant has several);
+    ``ratio`` = a's p50 / b's p50, so above 1 means B is faster. Unpaired rows come last with ratio None."""
+    out, used = [], set()
+    for ra in a["results"]:
+        same = [(i, rb) for i, rb in enumerate(b["results"])
+                if rb["variant"] == ra["variant"] and rb["batch_size"] == ra["batch_size"] and i not in used]
+        if len(same) > 1:
+            same = [(i, rb) for i, rb in same if rb.get("model") == ra.get("model")]
+        if len(same) == 1:
+            i, rb = same[0]
+            used.add(i)
+            out.append(pair(ra, rb))
+        else:
+            out.append(pair(ra, None))
+    out += [pair(None, rb) for i, rb in enumerate(b["results"]) if i not in used]
+    return out
+
+
+def pair(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> dict[str, Any]:
+    some = ra or rb
+    assert some is not None
+    return {"variant": some["variant"], "batch_size": some["batch_size"],
+            "model_a": ra.get("model") if ra else None, "model_b": rb.get("model") if rb else None,
+            "p50_ms_a": ra["p50_ms"] if ra else None, "p50_ms_b": rb["p50_ms"] if rb else None,
+            "ratio": ra["p50_ms"] / rb["p50_ms"] if ra and rb else None,
+            "mcc_a": ra["mcc"] if ra else None, "mcc_b": rb["mcc"] if rb else None}
+
+
+def meta_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between the two runs' setups (a ratio across machines or thread counts says less)."""
+    diffs = []
+    for key in ("device_name", "threads", "device", "commit"):
+        if a["meta"].get(key) != b["meta"].get(key):
+            diffs.append(f"{key}: {a['meta'].get(key)} vs {b['meta'].get(key)}")
+    host_a, host_b = (x["meta"].get("machine", {}).get("host") for x in (a, b))
+    if host_a != host_b:
+        diffs.append(f"host: {host_a} vs {host_b}")
+    return diffs

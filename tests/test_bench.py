@@ -1,0 +1,249 @@
+"""kdfast bench on tiny runs: every file in the schema, accuracy equal to kdfast eval's, --compare, errors.
+
+Correctness only: the tiny models' latencies mean nothing, so every timing here is a handful of calls
+(``--iters 2 --min-time 0``). student-compiled is left out: torch.compile of even a tiny cell-loop student takes
+over a minute on these CPUs (the real run in benchmarks/results/ measures it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kdfast.bench import ROW_FIELDS, VARIANTS, latency_stats, time_calls
+from kdfast.bench_report import compare
+
+pytest.importorskip("onnxruntime")
+
+FAST = ["--batch-sizes", "1,4", "--threads", "1", "--warmup", "1", "--iters", "2", "--min-time", "0", "--no-progress"]
+MEASURED = [v for v in VARIANTS if v not in ("teacher-fused", "student-compiled")]
+SCHEMA_KEYS = {"variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc", "mcc",
+               "params", "file_mb", "speedup"}
+
+
+def kdfast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str | Path
+           ) -> tuple[int, str, str]:
+    """Run ``kdfast ARGS`` in this process: (exit code, stdout, stderr)."""
+    from kdfast.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["kdfast", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the tiny teacher run (bench exports into RUN/onnx) and a tiny student trained from scratch."""
+    from kdfast.distill import ScratchConfig
+    from kdfast.distill import run as train_student
+
+    root = tmp_path_factory.mktemp("bench-runs")
+    teacher = root / "teacher"
+    shutil.copytree(teacher_run, teacher, ignore=shutil.ignore_patterns("onnx"))
+    student = root / "student"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_student(ScratchConfig(data=str(cola_dir), out=student, hidden=8, embed_dim=8, epochs=1,
+                                    max_train_samples=48, batch_size=16, device="cpu", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return teacher, student
+
+
+@pytest.fixture(scope="module")
+def bench_files(runs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One ``kdfast bench`` through the CLI, every output format written."""
+    teacher, student = runs
+    out = tmp_path_factory.mktemp("bench-out")
+    files = {"json": out / "bench.json", "csv": out / "bench.csv", "md": out / "bench.md", "plot": out / "bench.png"}
+    from kdfast.cli.main import main
+
+    mp = pytest.MonkeyPatch()  # the monkeypatch fixture is per test; this one lives as long as the module
+
+    mp.setattr(sys, "argv", ["kdfast", "bench", "--teacher", str(teacher), "--student", str(student), *FAST,
+                             "--variants", ",".join([*MEASURED, "teacher-fused"]),
+                             *(a for k, p in files.items() for a in (f"--{k}", str(p)))])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        mp.undo()
+    assert not exit_info.value.code
+    return files
+
+
+def test_every_format_follows_the_schema(bench_files: dict[str, Path]) -> None:
+    report = json.loads(bench_files["json"].read_text())
+    assert {"meta", "results", "skipped", "ratios"} <= report.keys()
+    meta = report["meta"]
+    for key in ("machine", "versions", "commit", "threads", "device", "date", "load_avg"):
+        assert key in meta
+    assert isinstance(meta["warnings"], list)
+    assert meta["threads"] == 1 and meta["device"] == "cpu" and meta["teacher_eager"] == "teacher-merged"
+    assert {"torch", "onnxruntime", "transformers"} <= meta["versions"].keys()
+    rows = report["results"]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v, b) for v in MEASURED for b in (1, 4)]
+    for r in rows:
+        assert r.keys() >= set(ROW_FIELDS) | SCHEMA_KEYS
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["mean_ms"] > 0 and r["cv"] >= 0
+        assert r["throughput"] == pytest.approx(r["batch_size"] / r["mean_ms"] * 1e3)
+        assert r["calls"] >= 2 and r["params"] > 0 and r["file_mb"] > 0 and r["speedup"] > 0
+    # teacher-fused needs CUDA: skipped, with the reason
+    assert [s["variant"] for s in report["skipped"]] == ["teacher-fused"]
+    assert "CUDA" in report["skipped"][0]["reason"]
+    assert {r["name"] for r in report["ratios"]} == {"student ONNX vs teacher ONNX", "teacher ONNX vs teacher eager",
+                                                     "teacher int8 vs teacher fp32 ONNX"}
+
+    with bench_files["csv"].open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0]) == ROW_FIELDS and len(csv_rows) == len(rows)
+    assert [(c["variant"], int(c["batch_size"])) for c in csv_rows] == [(r["variant"], r["batch_size"]) for r in rows]
+    assert float(csv_rows[0]["p50_ms"]) == pytest.approx(rows[0]["p50_ms"])
+
+    md = bench_files["md"].read_text().splitlines()
+    header = next(i for i, line in enumerate(md) if line.startswith("| model |"))
+    assert md[header] == "| " + " | ".join(ROW_FIELDS) + " |"
+    table = md[header + 2 : header + 2 + len(rows)]
+    assert all(line.startswith("| ") and line.count(" | ") == len(ROW_FIELDS) - 1 for line in table)
+    assert bench_files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_equals_eval(bench_files: dict[str, Path], runs: tuple[Path, Path]) -> None:
+    from kdfast.evaluate import evaluate_run
+
+    rows = json.loads(bench_files["json"].read_text())["results"]
+    by = {(r["variant"], r["batch_size"]): r for r in rows}
+    for run_dir, variant in zip(runs, ("teacher-merged", "student-eager"), strict=True):
+        want = evaluate_run(run_dir, device="cpu")
+        for b in (1, 4):
+            assert by[variant, b]["acc"] == want["dev_acc"] and by[variant, b]["mcc"] == want["dev_mcc"]
+            assert by[variant, b]["agreement"] == 1.0
+    # fp32 ONNX passed export's parity check (every label), so it scores exactly as PyTorch does
+    for variant, ref in (("teacher-onnx-fp32", "teacher-merged"), ("student-onnx-fp32", "student-eager")):
+        assert by[variant, 1]["agreement"] == 1.0 and by[variant, 1]["mcc"] == by[ref, 1]["mcc"]
+    assert by["teacher-merged", 4]["speedup"] == 1.0
+    assert by["teacher-onnx-int8", 1]["agreement"] >= 0.9
+
+
+def test_exported_on_the_fly_with_checks(bench_files: dict[str, Path], runs: tuple[Path, Path]) -> None:
+    for run_dir in runs:
+        manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
+        assert manifest["parity"]["checked"] and manifest["parity"]["passed"]
+    teacher_files = {v["variant"] for v in json.loads((runs[0] / "onnx" / "manifest.json").read_text())["variants"]}
+    assert {"fp32", "optimized"} <= teacher_files
+
+
+def test_int8_refused_by_export_is_quantized_but_not_kept(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A checked export without int8 (as for the MiniLM teacher, whose int8 export fails the 99% gate)."""
+    from kdfast.bench import BenchConfig, run
+    from kdfast.export import ExportConfig
+    from kdfast.export import run as export
+
+    student = tmp_path / "student"
+    shutil.copytree(runs[1], student, ignore=shutil.ignore_patterns("onnx"))
+    export(ExportConfig(run_dir=student, int8=False, max_check_sentences=16, progress=False))
+    before = sorted(p.name for p in (student / "onnx").iterdir())
+    report = run(BenchConfig(students=[student], batch_sizes=[2], threads=1, warmup=0, iters=1, min_time=0,
+                             variants=["student-eager", "student-onnx-int8"], progress=False))
+    row = report["results"][-1]
+    assert row["variant"] == "student-onnx-int8" and "quantized by bench" in row["note"]
+    assert 0 < row["agreement"] <= 1
+    assert sorted(p.name for p in (student / "onnx").iterdir()) == before  # nothing unchecked written
+
+
+def test_export_of_another_run_is_skipped(runs: tuple[Path, Path], tmp_path: Path, bench_files: dict[str, Path]
+                                          ) -> None:
+    from kdfast.bench import BenchConfig, run
+
+    student = tmp_path / "student"
+    shutil.copytree(runs[1], student)  # with the onnx/ that bench exported
+    info = json.loads((student / "run.json").read_text())
+    (student / "run.json").write_text(json.dumps({**info, "created": "2000-01-01T00:00:00+0000"}))
+    report = run(BenchConfig(students=[student], batch_sizes=[1], threads=1, warmup=0, iters=1, min_time=0,
+                             variants=["student-onnx-fp32"], progress=False))
+    assert report["results"] == []
+    assert "exported from another run" in report["skipped"][0]["reason"]
+
+
+def test_compare(bench_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 capsys: pytest.CaptureFixture[str]) -> None:
+    a = json.loads(bench_files["json"].read_text())
+    b = json.loads(json.dumps(a))
+    for r in b["results"]:
+        r["p50_ms"] /= 2
+    b["results"] = b["results"][:-1]
+    rows = compare(a, b)
+    assert all(r["ratio"] == pytest.approx(2.0) for r in rows[:-1])
+    assert rows[-1]["ratio"] is None and rows[-1]["model_b"] is None
+    b_path = tmp_path / "b.json"
+    b_path.write_text(json.dumps(b))
+    code, out, err = kdfast(monkeypatch, capsys, "bench", "--compare", bench_files["json"], b_path)
+    assert code == 0, err
+    assert "2.00x" in out and "teacher-onnx-int8" in out
+
+
+def test_time_calls_honours_warmup_iters_and_min_time() -> None:
+    calls: list[int] = []
+
+    def forward(i: int) -> None:
+        calls.append(i)
+
+    batches = [(0,), (1,), (2,)]
+    times = time_calls(forward, batches, warmup=4, iters=5, min_time=0, sync=lambda: None)
+    assert len(times) == 5 and len(calls) == 9  # 4 untimed, then 5 timed
+    assert calls[4:] == [0, 1, 2, 0, 1]  # timing starts again from the first batch
+    calls.clear()
+    times = time_calls(forward, batches, warmup=1, iters=2, min_time=0, sync=lambda: None, warm_every_batch=True)
+    assert len(calls) == 4 + 2 and set(calls[:4]) == {0, 1, 2}
+    start = time.perf_counter()
+    times = time_calls(lambda _: time.sleep(0.01), batches, warmup=0, iters=1, min_time=0.1, sync=lambda: None)
+    assert time.perf_counter() - start >= 0.1 and len(times) > 1
+
+
+def test_a_busy_machine_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdfast.bench as bench
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "load_avg", lambda: 1.5)
+    assert "busy" in bench.busy_warning(2, cpu)[0]
+    assert bench.busy_warning(2, torch.device("cuda")) == []
+    monkeypatch.setattr(bench, "load_avg", lambda: 0.2)
+    assert bench.busy_warning(1, cpu) == []
+
+
+def test_latency_stats() -> None:
+    stats = latency_stats([0.001, 0.002, 0.003, 0.004], batch_size=8)
+    assert stats["p50_ms"] == pytest.approx(2.5) and stats["mean_ms"] == pytest.approx(2.5)
+    assert stats["throughput"] == pytest.approx(8 / 0.0025)
+    assert stats["cv"] == pytest.approx(float(torch.tensor([1.0, 2, 3, 4]).std(unbiased=False)) / 2.5)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "nothing to bench"),
+    (["--teacher", "{student}"], "a student run, expected a teacher run"),
+    (["--student", "{missing}"], "no such run folder"),
+    (["--student", "{student}", "--batch-sizes", "1,x"], "--batch-sizes takes comma-separated integers"),
+    (["--student", "{student}", "--batch-sizes", "0"], "--batch-sizes must be positive"),
+    (["--student", "{student}", "--variants", "student-fast"], "--variants: unknown student-fast"),
+    (["--student", "{student}", "--iters", "0"], "--iters must be at least 1"),
+    (["--compare", "{student}/metrics.json", "{student}/metrics.json"], "not a kdfast bench report"),
+    (["--compare", "{missing}.json", "{missing}.json"], "missing"),
+])
+def test_bad_input_is_one_error_line(args: list[str], message: str, runs: tuple[Path, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    paths: dict[str, Any] = {"student": runs[1], "missing": tmp_path / "nope"}
+    code, _, err = kdfast(monkeypatch, capsys, "bench", *(a.format(**paths) for a in args))
+    assert code != 0
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
