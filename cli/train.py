@@ -28,6 +28,7 @@ def train_lora(
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     fused_lora: bool = typer.Option(False, help="Fused Triton LoRA kernel for the unmerged layers (CUDA)."),
+    group_by_length: bool = typer.Option(False, help="Batch sentences of similar length together (less padding)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
@@ -35,6 +36,7 @@ def train_lora(
     cfg = TeacherConfig(model=model, data=data, out=out, epochs=epochs, lr=lr, rank=rank, alpha=alpha,
                         lora_dropout=lora_dropout, batch_size=batch_size, max_length=max_length, seed=seed,
                         max_train_samples=max_train_samples, device=device, fused_lora=fused_lora,
+                        group_by_length=group_by_length,
                         overwrite=overwrite, progress=progress)
     metrics = run_teacher(cfg)
     best = metrics["best"]

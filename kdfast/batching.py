@@ -25,6 +25,22 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Ite
         yield order[i : i + batch_size]
 
 
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, chunk: int = 50
+) -> Iterator[list[int]]:
+    """One epoch in a seeded random order, but with sentences of similar length batched together (Hugging Face
+    Trainer's ``group_by_length``): shuffle, sort each run of ``chunk`` batches by length, cut into batches, then
+    shuffle the batches. Padding, and so compute, drops by about half on CoLA."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    span = batch_size * chunk
+    batches: list[list[int]] = []
+    for i in range(0, len(order), span):
+        part = sorted(order[i : i + span], key=lambda j: lengths[j], reverse=True)
+        batches.extend(part[k : k + batch_size] for k in range(0, len(part), batch_size))
+    for b in torch.randperm(len(batches), generator=generator).tolist():
+        yield batches[b]
+
+
 def length_sorted_batches(seqs: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped by length, for inference: little padding, same results (the model ignores padding)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))

@@ -164,8 +164,7 @@ class OnnxFiles:
 
 def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> Path:
     """``RUN/onnx``, exported (with export's parity checks) when it holds no export yet."""
-    from kdfast.export import MANIFEST, ExportConfig, ParityError, check_onnx_packages
-    from kdfast.export import run as run_export
+    from kdfast.export import MANIFEST, ExportConfig, check_onnx_packages, run_dropping_failed_int8
 
     check_onnx_packages()
     folder = run_dir / "onnx"
@@ -173,16 +172,8 @@ def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable
         return folder
     say(f"{run_dir}: no ONNX export yet; exporting it (kdfast export --onnx{' --optimize' if optimize else ''} "
         "--int8, with its parity checks)")
-    cfg = ExportConfig(run_dir=run_dir, optimize=optimize, int8=True, data=data, progress=False)
-    try:
-        run_export(cfg)
-    except ParityError as e:
-        failed = [v["variant"] for v in e.manifest["parity"]["variants"] if v["checked"] and not v["passed"]]
-        if failed != ["int8"]:
-            raise
-        say(f"{run_dir}: export refused the int8 model (< 99% label agreement); exporting without it")
-        cfg.int8 = False
-        run_export(cfg)
+    run_dropping_failed_int8(ExportConfig(run_dir=run_dir, optimize=optimize, int8=True, data=data, progress=False),
+                             say)
     return folder
 
 

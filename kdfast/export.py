@@ -517,3 +517,20 @@ def logits_from_onnx(folder: Path, sentences: list[str], variant: str = "fp32") 
     tokenizer = AutoTokenizer.from_pretrained(str(Path(folder) / pre["tokenizer"]))
     ids = encode(tokenizer, sentences, pre["max_length"])
     return onnx_logits(session(Path(folder) / MODEL_FILES[variant]), ids, pre["pad_id"])
+
+
+def run_dropping_failed_int8(cfg: ExportConfig, say: Callable[..., None]) -> dict[str, Any]:
+    """``run``, but when the int8 model alone fails its parity check, export again without it (and say so).
+
+    Dynamic int8 quantization can flip more than 1% of the labels of a teacher with many low-margin sentences
+    (the MiniLM teachers here agree on about 98%); the fp32 and optimized models are still exact. For the stages
+    that consume an export (bench, pipeline), that is a note, not a reason to stop."""
+    try:
+        return run(cfg)
+    except ParityError as e:
+        failed = [v["variant"] for v in e.manifest["parity"]["variants"] if v["checked"] and not v["passed"]]
+        if failed != ["int8"] or not cfg.int8:
+            raise
+        say(f"{cfg.run_dir}: export refused the int8 model (< 99% label agreement); exporting without it")
+        cfg.int8 = False
+        return run(cfg)

@@ -34,22 +34,27 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def plot_comparison(run_dirs: list[Path], path: Path, title: str = "dev MCC per epoch on CoLA") -> None:
-    """Dev MCC per epoch of several run folders in one plot (distilled against scratch, the report's figure 8);
-    each run's label is its folder name and mode, with its best MCC."""
+    """Dev MCC per epoch of several run folders in one plot (distilled against scratch, the report's figure 8).
+    Students are lines (scratch solid, distilled dashed), a teacher is a horizontal line at its best dev MCC; each
+    label is the folder name with its best MCC."""
     from kdfast.runs import METRICS_FILE, read_json, read_run_info
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"scratch": "o-", "distill": "s--"}
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
-        info = read_run_info(run_dir)
+        kind = read_run_info(run_dir).get("mode") or "teacher"
         metrics = read_json(run_dir / METRICS_FILE)
+        label = f"{run_dir.name} ({kind}, best {metrics['best']['dev_mcc']:.3f})"
+        if kind == "teacher":
+            ax.axhline(metrics["best"]["dev_mcc"], color="black", linestyle=":", label=label)
+            continue
         history = metrics["history"]
-        label = f"{run_dir.name} ({info.get('mode') or info['kind']}, best {metrics['best']['dev_mcc']:.3f})"
-        ax.plot([h["epoch"] for h in history], [h["dev_mcc"] for h in history], "o-", label=label)
+        ax.plot([h["epoch"] for h in history], [h["dev_mcc"] for h in history], styles.get(kind, "o-"), label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev MCC")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -9,9 +9,9 @@ The student after Tang et al. 2019, "Distilling Task-Specific Knowledge from BER
 punctuation marks on their own; words seen fewer than ``min_freq`` times map to ``<unk>``), not the teacher's
 tokenizer: GPT-2's BPE has 50,257 entries, so even a 128-wide embedding over it is 6.4M parameters, more than the
 whole recurrent network, and most of those rows are never seen in CoLA's 8,551 training sentences. CoLA's train
-split has 5,526 distinct words (3,590 seen twice or more), so the embedding here is ~0.5M parameters, and 93% of
-dev tokens are in the vocabulary. A student trained on the labels alone and one distilled from any teacher share
-the same vocabulary, which ``vocab.json`` in the run folder stores.
+split has 5,526 distinct words (3,590 seen twice or more), so the embedding here is 0.46M parameters
+(3,593 x 128), and 93% of dev tokens are in the vocabulary. A student trained on the labels alone and one
+distilled from any teacher share the same vocabulary, which ``vocab.json`` in the run folder stores.
 
 **Padding.** Batches are right-padded and no packed sequences are used (so the model exports to ONNX). The forward
 direction reads valid steps before any padding. The backward direction reads each sequence reversed *within its

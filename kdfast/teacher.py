@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from kdfast.batching import length_sorted_batches, pad_batch, shuffled_batches
+from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Example, load_cola, subsample
 from kdfast.errors import KdfastError, first_line
 from kdfast.lora import (
@@ -58,6 +58,7 @@ class TeacherConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # gradient clipping
     fused_lora: bool = False  # the fused Triton LoRA kernel for unmerged layers on CUDA
+    group_by_length: bool = False  # batch sentences of similar length together: about half the compute
     overwrite: bool = False  # replace a non-empty --out
     progress: bool = True
 
@@ -186,7 +187,11 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
             model.train()
             task = bar.add_task(f"teacher epoch {epoch}/{cfg.epochs}", total=len(train), loss=0.0, rate=0.0)
             loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-            for step, idx in enumerate(shuffled_batches(len(train), cfg.batch_size, generator)):
+            if cfg.group_by_length:
+                batches = length_grouped_batches([len(ids) for ids in train_ids], cfg.batch_size, generator)
+            else:
+                batches = shuffled_batches(len(train), cfg.batch_size, generator)
+            for step, idx in enumerate(batches):
                 input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
                 labels = train_labels[idx].to(device)
                 logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits

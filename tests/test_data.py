@@ -79,3 +79,17 @@ def test_subsample_is_seeded(cola_dir: Path) -> None:
     a, b, c = subsample(train, 100, 0), subsample(train, 100, 0), subsample(train, 100, 1)
     assert a == b and a != c and len(a) == 100
     assert subsample(train, None, 0) == train
+
+
+def test_length_grouped_batches_cover_every_index_once() -> None:
+    import torch
+
+    from kdfast.batching import length_grouped_batches
+
+    lengths = [(i * 7) % 23 + 1 for i in range(1000)]
+    batches = list(length_grouped_batches(lengths, 32, torch.Generator().manual_seed(0), chunk=4))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 6  # similar lengths together (random batches span about 22)
+    again = list(length_grouped_batches(lengths, 32, torch.Generator().manual_seed(0), chunk=4))
+    assert again == batches

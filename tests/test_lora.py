@@ -134,6 +134,11 @@ def test_bert_targets(tmp_path: Path) -> None:
     assert suffixes == {"attention.self.query", "attention.self.key", "attention.self.value",
                         "attention.output.dense", "intermediate.dense", "output.dense"}
     assert not any("pooler" in n or "classifier" in n for n in target_module_names(model))
+    targets = inject_lora(model, rank=2, alpha=4)
+    mark_trainable(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    assert trainable == {f"{n}.lora_{ab}" for n in targets for ab in "AB"} | head
 
 
 def test_whole_model_merge_and_unwrap(tiny_gpt2: Path) -> None:
@@ -153,3 +158,28 @@ def test_whole_model_merge_and_unwrap(tiny_gpt2: Path) -> None:
     plain = unwrap_merged(copy.deepcopy(model))
     assert not lora_layers(plain)
     torch.testing.assert_close(plain(input_ids=ids).logits, unmerged, rtol=0, atol=1e-4)
+
+
+def test_peft_loads_a_bert_adapter_with_its_pooler(tmp_path: Path) -> None:
+    """The BERT head (pooler + classifier) travels in PEFT's modules_to_save: PEFT gives the same logits."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from kdfast.lora import save_adapter
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=32, vocab_size=50))
+    model.save_pretrained(tmp_path / "base")
+    inject_lora(model, rank=2, alpha=4)
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora_B)
+    with torch.no_grad():  # as if trained: the head differs from the base checkpoint's
+        model.bert.pooler.dense.weight.add_(1.0)
+        model.classifier.weight.add_(0.5)
+    save_adapter(model.eval(), tmp_path / "adapter", str(tmp_path / "base"), rank=2, alpha=4, dropout=0.0)
+    base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=2)
+    theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    ids = torch.randint(0, 50, (3, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=1e-6)

@@ -1,0 +1,36 @@
+"""``kdfast pipeline``: train lora → distill (+ the scratch baseline) → export --onnx → bench, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kdfast.cli.main import app
+from kdfast.cli.output import console
+from kdfast.pipeline import PipelineConfig
+from kdfast.pipeline import run as run_pipeline
+
+
+@app.command("pipeline")
+def pipeline_command(
+    model: str = typer.Option("gpt2", help="The teacher's backbone: Hugging Face name or local folder."),
+    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    out: Path = typer.Option(Path("runs"), help="Folder for every stage's run folder and the bench results."),
+    preset: str = typer.Option("quick", help="quick: minutes on a CPU with a small backbone; full: the README's "
+                                             "results."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, help="Show the progress display."),
+) -> None:
+    """Everything, once: teacher, students, ONNX export (fp32 and int8) and the benchmark. Re-running resumes:
+    stages whose outputs exist and were made with the same configuration are skipped."""
+    result = run_pipeline(PipelineConfig(model=model, data=data, out=out, preset=preset, device=device, seed=seed,
+                                         progress=progress))
+    from kdfast.cli.bench import results_table, wide_console
+    from kdfast.runs import read_json
+
+    wide_console().print(results_table(read_json(Path(result["bench_json"]))))
+    console.print(f"ran: {', '.join(result['ran']) or 'nothing'}; skipped: {', '.join(result['skipped']) or 'nothing'}")
+    for name, path in result["artifacts"].items():
+        console.print(f"  {name:15s} {path}")
