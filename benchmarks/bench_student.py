@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,32 +25,13 @@ import torch
 import torch._dynamo
 
 from kdfast.batching import pad_batch
+from kdfast.bench import git_commit, machine
 from kdfast.data import load_cola
 from kdfast.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "student.csv"
 FIELDS = ["date", "machine", "processor", "device", "torch", "commit", "threads", "model", "batch", "variant",
           "median_ms", "sentences_per_s", "vs_nn", "compile_s"]
-
-
-def machine() -> tuple[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} ({os.cpu_count()} CPUs)", cpu
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def time_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -100,7 +78,8 @@ def main() -> None:
     c = model.cfg
     shape = f"{'bi' if c.bidirectional else ''}{c.cell} {c.layers}x{c.hidden} emb {c.embed_dim} vocab {c.vocab_size}"
     ids = [vocab.encode(e.sentence, max_length) for e in cola.dev]
-    host, cpu = machine()
+    info = machine()
+    host, cpu = f"{info['host']} ({info['cpus']} CPUs)", info["cpu"]
     commit = git_commit()
     print(f"{shape}; {args.device} ({cpu if device.type == 'cpu' else torch.cuda.get_device_name()}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}")

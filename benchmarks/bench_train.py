@@ -16,7 +16,6 @@ import copy
 import csv
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from kdfast.batching import pad_batch
+from kdfast.bench import git_commit
 from kdfast.data import load_cola
 from kdfast.lora import inject_lora, mark_trainable, target_module_names
 
@@ -126,7 +126,6 @@ def main() -> None:
     print(f"peft {peft_rate:8.1f} sentences/s   (rounds: {', '.join(f'{x:.1f}' for x in rates['peft'])})")
     print(f"ours / peft = {ratio:.3f}  ({'no slower' if ratio >= 0.97 else 'SLOWER'}; within 3% counts as even)")
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
     with RESULTS.open("a", newline="") as f:
@@ -134,7 +133,7 @@ def main() -> None:
         if new:
             w.writerow(["date", "commit", "machine", "torch", "model", "batch_size", "rank", "threads",
                         "ours_sent_per_s", "peft_sent_per_s", "ratio"])
-        w.writerow([time.strftime("%Y-%m-%d"), commit.strip(), f"{platform.machine()} {platform.processor()}".strip(),
+        w.writerow([time.strftime("%Y-%m-%d"), git_commit(), f"{platform.machine()} {platform.processor()}".strip(),
                     torch.__version__, model_name, args.batch_size, args.rank, args.threads, f"{ours_rate:.2f}",
                     f"{peft_rate:.2f}", f"{ratio:.3f}"])
 
