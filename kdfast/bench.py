@@ -107,7 +107,7 @@ from kdfast.bench_variants import (
     teacher_inputs,
 )
 from kdfast.data import Example, load_cola, subsample
-from kdfast.errors import KdfastError, first_line
+from kdfast.errors import KdfastError, first_line, require
 from kdfast.runs import METRICS_FILE, read_json, read_run_info
 from kdfast.teacher import score_dev
 from kdfast.training import resolve_device
@@ -157,9 +157,7 @@ class BenchConfig:
             (self.min_time >= 0, f"--min-time must be at least 0, got {self.min_time}"),
             (self.timed_sentences >= 1, f"timed_sentences must be at least 1, got {self.timed_sentences}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
         unknown = sorted(set(self.variants or []) - set(VARIANTS))
         if unknown:
             raise KdfastError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_cola, subsample
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, require
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -111,9 +111,7 @@ class ScratchConfig:
             (self.max_length >= 1, f"--max-length must be at least 1, got {self.max_length}"),
             (self.min_freq >= 1, f"--min-freq must be at least 1, got {self.min_freq}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
         self.student_config(vocab_size=3).validate()
 
     def student_config(self, vocab_size: int) -> StudentConfig:
@@ -140,9 +138,7 @@ class DistillConfig(ScratchConfig):
             (0 <= self.alpha <= 1, f"--alpha must be in [0, 1], got {self.alpha}"),
             (self.augment >= 0, f"--augment must be at least 0, got {self.augment}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
 
 
 # --- the loss

@@ -43,7 +43,7 @@ from torch import nn
 from kdfast import __version__
 from kdfast.batching import pad_batch
 from kdfast.data import Example, load_cola, subsample
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, require
 from kdfast.lora import unwrap_merged
 from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, staged_dir, write_json
@@ -95,9 +95,7 @@ class ExportConfig:
             (self.max_check_sentences is None or self.max_check_sentences >= 8,  # the shape checks take 8
              f"max_check_sentences must be at least 8, got {self.max_check_sentences}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
 
 
 class ParityError(KdfastError):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdfast.errors import KdfastError, first_line
+from kdfast.errors import KdfastError, first_line, require
 from kdfast.teacher import check_model_name
 from kdfast.training import resolve_device, seed_everything
 
@@ -56,9 +56,7 @@ class GenerateConfig:
             (not (self.stream and self.num_return_sequences > 1),
              "--stream shows one sequence as it is generated; use it with --num-return-sequences 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
         check_model_name(self.model)
 
 

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdfast.batching import length_sorted_batches, pad_batch
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, require
 from kdfast.runs import read_json, read_run_info, write_json
 
 CELLS = ("lstm", "gru")
@@ -131,9 +131,7 @@ class StudentConfig:
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.vocab_size > self.pad_id >= 0, f"bad vocabulary size {self.vocab_size}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
 
     @property
     def directions(self) -> int:

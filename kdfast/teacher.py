@@ -23,7 +23,7 @@ from torch import nn
 
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Example, load_cola, subsample
-from kdfast.errors import KdfastError, first_line
+from kdfast.errors import KdfastError, first_line, require
 from kdfast.lora import (
     count_parameters,
     inject_lora,
@@ -72,9 +72,7 @@ class TeacherConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KdfastError(message)
+        require(checks)
         check_model_name(self.model)
 
 
