@@ -79,7 +79,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         bench_kw: dict[str, Any] = {"batch_sizes": [1, 32], "warmup": 2, "iters": 10, "min_time": 0.2,
                                     "timed_sentences": 64}
     else:  # the README's results table
-        teacher = TeacherConfig(model=cfg.model, out=out / "teacher", rank=16, alpha=32, lr=5e-4, epochs=5,
+        teacher = TeacherConfig(model=cfg.model, out=out / "teacher", rank=16, alpha=32, lr=5e-4, epochs=10,
                                 group_by_length=True, **common)
         student_kw, bench_kw = {"epochs": 8}, {"threads": 2}
     student = DistillConfig(teacher=teacher.out, out=out / "student", **student_kw, **common)
