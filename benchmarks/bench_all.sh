@@ -10,10 +10,10 @@ OUT=${2:-$RUNS/bench}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT" "$HERE/results"
 
-# The MiniLM teacher (real weights: its accuracy means something) with a student distilled from it (student-d)
-# and one trained from scratch (rnn-d): the same BiLSTM shape, so their latencies should agree.
+# The MiniLM teacher (real weights: its accuracy means something) with a student distilled from it (student-e-nb4-s0:
+# --augment 4, seed 0) and one trained from scratch (rnn-d, seed 0): the same BiLSTM shape, so their latencies agree.
 STUDENTS=()
-for s in student-d rnn-d; do
+for s in student-e-nb4-s0 rnn-d; do
   [ -f "$RUNS/$s/run.json" ] && STUDENTS+=(--student "$RUNS/$s")
 done
 # The finished MiniLM teacher run (minilm-teacher, minilm-teacher-b, ...) with the best dev MCC.
@@ -33,3 +33,7 @@ kdfast bench --teacher "$RUNS/gpt2-random-teacher" "${STUDENTS[@]:0:2}" --batch-
   --json "$OUT/bench-gpt2.json" --csv "$OUT/bench-gpt2.csv" --md "$OUT/bench-gpt2.md" --plot "$OUT/bench-gpt2.png"
 
 cp "$OUT"/bench-minilm.{json,md} "$OUT"/bench-gpt2.{json,md} "$HERE/results/"
+
+# How close each teacher's batch-1 latency is to this machine's read bandwidth (appends to results/memory_floor.csv).
+python "$HERE/memory_floor.py" --run "$RUNS/gpt2-random-teacher" --bench "$HERE/results/bench-gpt2.json" --threads 2
+python "$HERE/memory_floor.py" --run "$TEACHER" --bench "$HERE/results/bench-minilm.json" --threads 2

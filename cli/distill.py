@@ -35,7 +35,8 @@ def distill(
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, linear warm-up and decay)."),
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    augment: int = typer.Option(0, help="Synthetic sentences per training sentence (mask, swap, n-gram)."),
+    augment: int = typer.Option(0, help="Synthetic sentences per training sentence, labelled by the teacher "
+                                "(mask, swap with a teacher-embedding neighbour, n-gram)."),
     reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
     cell: str = typer.Option("lstm", help="lstm or gru."),
     hidden: int = typer.Option(256, help="Hidden size of each direction."),

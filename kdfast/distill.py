@@ -15,11 +15,15 @@ reads them back instead of loading the teacher at all.
 
 **Transfer set** (``--augment N``: N synthetic sentences per training sentence), after Tang et al. §3.2. For each
 whitespace-separated word: with probability p_mask it becomes ``[MASK]``; else with probability p_swap it is
-replaced by a word drawn from the training text. (Tang et al. swap in a word of the same part of speech; we draw
-from all training words, by frequency, which needs no tagger and yields more clearly unacceptable sentences; the
-teacher labels whatever comes out.) Then, with probability p_ngram, an n-gram (n uniform in 1..5) of the result
-replaces it. A synthetic sentence equal to its source is drawn again. The teacher sees ``[MASK]`` as its own mask
-token (BERT-style teachers) or its unknown token (GPT-2: ``<|endoftext|>``); the student sees its ``[MASK]`` id.
+replaced by one of its ``NEIGHBOURS`` nearest training words in the teacher's own token-embedding space (cosine
+between the mean embeddings of each word's tokens), as TinyBERT (Jiao et al. 2020, §3.4) swaps in embedding
+neighbours; a word seen only once is replaced by a word drawn from the training text. Tang et al. swap in a word
+of the same part of speech; embedding neighbours come close to that without a tagger ("I" -> "we", "alone" ->
+"oneself", "pseudo" -> "pretended") and give near-misses of real sentences rather than word salad. Then, with
+probability p_ngram, an n-gram (n uniform in 1..5) of the result replaces it. A synthetic sentence equal to its
+source is drawn again. The embedding table is read from the teacher's merged weights (the model is not built).
+The teacher sees ``[MASK]`` as its own mask token (BERT-style teachers) or its unknown token (GPT-2:
+``<|endoftext|>``); the student sees its ``[MASK]`` id.
 
 Synthetic sentences carry soft targets only: the CE term is averaged over the real sentences of a batch (their
 gold labels), the KL term over every sentence. Giving synthetic sentences the teacher's argmax as a hard label
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from safetensors.torch import save_file
 
 from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_cola, subsample
-from kdfast.errors import KdfastError, require
+from kdfast.errors import KdfastError, first_line, require
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -72,6 +77,7 @@ from kdfast.teacher import predict_logits as teacher_predict_logits
 from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
+NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
 
 
@@ -168,12 +174,15 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.T
 # --- the transfer set
 
 
-def synthesize(words: list[str], pool: list[str], rng: random.Random) -> list[str]:
-    """One synthetic sentence from ``words`` (Tang et al. 2019, §3.2: masking, swaps, n-gram sampling)."""
+def synthesize(words: list[str], pool: list[str], rng: random.Random,
+               neighbours: dict[str, list[str]] | None = None) -> list[str]:
+    """One synthetic sentence from ``words`` (Tang et al. 2019, §3.2: masking, swaps, n-gram sampling); a swapped
+    word becomes one of its ``neighbours`` when it has some, else a word of ``pool``."""
+    nearest = neighbours or {}
     out = []
     for w in words:
         u = rng.random()
-        out.append(MASK if u < P_MASK else rng.choice(pool) if u < P_MASK + P_SWAP else w)
+        out.append(MASK if u < P_MASK else rng.choice(nearest.get(w) or pool) if u < P_MASK + P_SWAP else w)
     if rng.random() < P_NGRAM:
         n = min(rng.randint(1, MAX_NGRAM), len(out))
         start = rng.randrange(len(out) - n + 1)
@@ -181,7 +190,8 @@ def synthesize(words: list[str], pool: list[str], rng: random.Random) -> list[st
     return out
 
 
-def augment(sentences: list[str], n: int, seed: int, max_tries: int = 10) -> list[str]:
+def augment(sentences: list[str], n: int, seed: int, neighbours: dict[str, list[str]] | None = None,
+            max_tries: int = 10) -> list[str]:
     """``n`` synthetic sentences per sentence, in order (all of sentence 0's first), reproducible from ``seed``."""
     rng = random.Random(seed)
     pool = [w for s in sentences for w in s.split()]
@@ -191,11 +201,60 @@ def augment(sentences: list[str], n: int, seed: int, max_tries: int = 10) -> lis
         for _ in range(n):
             new = words
             for _ in range(max_tries):
-                new = synthesize(words, pool, rng)
+                new = synthesize(words, pool, rng, neighbours)
                 if new != words:
                     break
             out.append(" ".join(new))
     return out
+
+
+def teacher_embeddings(teacher: Path) -> torch.Tensor:
+    """The teacher's token-embedding table (vocab, d), read from ``merged/model.safetensors`` without building the
+    model: the 2-D tensor with one row per entry of the config's vocabulary (BERT's word_embeddings, GPT-2's wte)."""
+    merged = Path(teacher) / "merged"
+    try:
+        vocab_size = read_json(merged / "config.json")["vocab_size"]
+        with safe_open(str(merged / "model.safetensors"), framework="pt") as f:
+            keys = f.keys()  # a safetensors handle is not iterable
+            shapes = {k: f.get_slice(k).get_shape() for k in keys}
+            names = [k for k, shape in shapes.items() if len(shape) == 2 and shape[0] == vocab_size]
+            names.sort(key=lambda k: "embed" not in k and "wte" not in k)  # an embedding's name first
+            if names:
+                return f.get_tensor(names[0]).float()
+    except (OSError, KeyError, ValueError) as e:
+        raise KdfastError(f"{merged}: could not read the teacher's token embeddings ({first_line(e)})") from None
+    raise KdfastError(f"{merged}: no token-embedding table ({vocab_size} rows) in model.safetensors")
+
+
+def word_neighbours(sentences: list[str], tokenizer: Any, table: torch.Tensor, k: int = NEIGHBOURS,
+                    min_count: int = 2) -> dict[str, list[str]]:
+    """For each whitespace-separated word seen ``min_count`` times or more, the ``k`` such words nearest to it by
+    cosine between their embeddings in ``table`` (the mean row of a word's tokens, as ``tokenizer`` splits it
+    after a space)."""
+    counts = Counter(w for s in sentences for w in s.split())
+    words = [w for w, c in counts.items() if c >= min_count]
+    if len(words) <= 1:
+        return {}
+    rows = []
+    for w in words:
+        ids = [i for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"] if i < len(table)]
+        rows.append(table[ids].mean(0) if ids else table.mean(0))
+    x = F.normalize(torch.stack(rows), dim=1)
+    sim = x @ x.T
+    sim.fill_diagonal_(-2.0)  # a word is not its own neighbour
+    top = sim.topk(min(k, len(words) - 1), dim=1).indices.tolist()
+    return {w: [words[j] for j in top[i]] for i, w in enumerate(words)}
+
+
+def teacher_word_neighbours(teacher: Path, sentences: list[str]) -> dict[str, list[str]]:
+    from transformers import AutoTokenizer
+
+    merged = Path(teacher) / "merged"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    except Exception as e:
+        raise KdfastError(f"{merged}: could not load the teacher's tokenizer ({first_line(e)})") from None
+    return word_neighbours(sentences, tokenizer, teacher_embeddings(teacher))
 
 
 # --- the teacher's logits, once
@@ -310,7 +369,8 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
 
     with progress_bar(cfg.progress) as bar:
         if isinstance(cfg, DistillConfig):
-            synthetic = augment(sentences, cfg.augment, cfg.seed)
+            neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
+            synthetic = augment(sentences, cfg.augment, cfg.seed, neighbours)
             soft, key, hit = score_with_teacher(cfg, sentences + synthetic, device, bar)
             cache = {"key": key, "reused": hit}
             sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 import kdfast.distill
-from kdfast.distill import CACHE_FILE, DistillConfig, augment, kd_loss, run
+from kdfast.distill import CACHE_FILE, DistillConfig, augment, kd_loss, run, teacher_embeddings, word_neighbours
 from kdfast.student import MASK
 
 STUDENT_FLAGS = ["--hidden", "8", "--embed-dim", "8", "--epochs", "2", "--max-train-samples", "48", "--batch-size",
@@ -130,6 +130,28 @@ def check_schema(metrics: dict[str, Any]) -> None:
     for key in ("trainable_params", "total_params", "non_embedding_params", "config"):
         assert key in metrics
     assert 0 < metrics["non_embedding_params"] < metrics["total_params"]
+
+
+def test_word_neighbours_are_nearest_in_the_teacher_embedding_space() -> None:
+    token_ids = {" cat": [0], " dog": [1], " ran": [2], " walked": [3, 4], " once": [0]}
+
+    def tokenizer(text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+        return {"input_ids": token_ids[text]}
+
+    table = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8], [0.0, 1.0]])  # walked = mean of rows 3, 4
+    sentences = ["cat ran", "dog walked", "cat walked", "dog ran once"]
+    near = word_neighbours(sentences, tokenizer, table, k=1)
+    assert near == {"cat": ["dog"], "dog": ["cat"], "ran": ["walked"], "walked": ["ran"]}  # "once" is seen once
+    assert word_neighbours(sentences, tokenizer, table, k=5)["cat"] == ["dog", "walked", "ran"]  # at most all others
+    swapped = {w for s in augment(sentences, 50, seed=0, neighbours=near) for w in s.split()}
+    assert swapped <= {"cat", "dog", "ran", "walked", "once", MASK}
+
+
+def test_teacher_embeddings_are_the_models_input_embeddings(teacher_run: Path) -> None:
+    from kdfast.teacher import load_teacher
+
+    model, _ = load_teacher(teacher_run)
+    assert torch.equal(teacher_embeddings(teacher_run), model.get_input_embeddings().weight.detach().float())
 
 
 def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, cola_dir: Path,
