@@ -3,7 +3,7 @@
 One stage, shaped setup → export → variants → check → save (``run``). It writes ``RUN_DIR/onnx`` (or ``--out``)::
 
     model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, 2]
-    model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused LayerNorm, Gelu, ...)
+    model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused attention, LayerNorm, Gelu, ...)
     model.int8.onnx     --int8: dynamic quantization (int8 weights, activations quantized per batch), for the CPU
     model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
     tokenizer/ or vocab.json   what turns a sentence into input_ids
@@ -19,6 +19,11 @@ GPT-2 traps, handled here: transformers 5's GPT-2 takes ``past_key_values`` as i
 the model is exported through a wrapper that passes keywords (and ``use_cache=False``); GPT-2 pads with
 ``<|endoftext|>`` and pools the last token that is not that pad id, so a client must pad with exactly the
 ``pad_id`` the manifest gives, on the right; the traced example has padding, so the mask path is the one exported.
+
+Attention is exported in its eager form (``set_attn_implementation("eager")``; SDPA's traced graph fuses nothing):
+ONNX Runtime's BERT optimizer then fuses it into ``Attention`` itself, and for GPT-2, whose optimizer matches only
+older transformers' graphs, ``kdfast.onnx_attention`` fuses it into ``MultiHeadAttention``. Both are checked by
+the same parity rule as every other fp32 variant.
 
 The export is built in a staged folder and renamed into place only when every check passed: a failed export leaves
 nothing behind, and a re-export replaces an earlier one atomically.
@@ -152,6 +157,8 @@ def load_teacher_for_export(run_dir: Path) -> ExportSource:
     model, tokenizer = load_teacher(run_dir, merged=merged)
     if not merged:
         unwrap_merged(model)
+    if hasattr(model, "set_attn_implementation"):  # the plain attention graph, which the optimizer can fuse
+        model.set_attn_implementation("eager")
     try:
         max_length = int(read_json(run_dir / METRICS_FILE)["config"]["max_length"])
     except (KeyError, TypeError, ValueError):
@@ -286,13 +293,18 @@ def check_graph(path: Path, input_names: list[str]) -> dict[str, list[dict[str, 
 
 
 def optimize(src: Path, dst: Path, source: ExportSource) -> dict[str, int]:
-    """ONNX Runtime's transformer optimizer; returns how many of each fused node it made."""
+    """ONNX Runtime's transformer optimizer, then, where it fused no attention (GPT-2 on transformers 5),
+    ``kdfast.onnx_attention``'s MultiHeadAttention fusion; returns how many of each fused node there are."""
     from onnxruntime.transformers import optimizer
+
+    from kdfast.onnx_attention import fuse_attention
 
     opt = optimizer.optimize_model(str(src), model_type=source.optimizer_type, num_heads=source.num_heads,
                                    hidden_size=source.hidden_size)
-    opt.save_model_to_file(str(dst))
     stats = opt.get_fused_operator_statistics()
+    if not stats.get("Attention") and not stats.get("MultiHeadAttention") and source.num_heads:
+        stats["MultiHeadAttention"] = fuse_attention(opt.model, source.num_heads)
+    opt.save_model_to_file(str(dst))
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 

@@ -69,7 +69,7 @@ def leftovers(folder: Path) -> list[str]:
 # --- the teacher, exported
 
 
-def test_teacher_export_passes_its_checks(exported: tuple[Path, dict[str, Any]]) -> None:
+def test_teacher_export_passes_its_checks(exported: tuple[Path, dict[str, Any]], teacher_run: Path) -> None:
     _, manifest = exported
     parity = manifest["parity"]
     assert parity["checked"] and parity["passed"] and parity["sentences"] == N_CHECK
@@ -84,6 +84,8 @@ def test_teacher_export_passes_its_checks(exported: tuple[Path, dict[str, Any]])
     assert set(manifest["optimizer"]["fused"]) >= {"Attention", "FastGelu", "LayerNormalization",
                                                     "SkipLayerNormalization"}
     assert manifest["optimizer"]["fused"]["SkipLayerNormalization"] > 0  # the optimizer did fuse something
+    layers = json.loads((teacher_run / "merged" / "config.json").read_text())["n_layer"]
+    assert manifest["optimizer"]["fused"]["MultiHeadAttention"] == layers  # kdfast.onnx_attention, every layer
 
 
 def test_manifest_describes_the_files(exported: tuple[Path, dict[str, Any]]) -> None:
@@ -159,6 +161,7 @@ def test_bert_teacher_exports_and_optimizes(tmp_path: Path, cola_dir: Path) -> N
                                 progress=False))
     assert manifest["parity"]["passed"] and manifest["optimizer"]["model_type"] == "bert"
     assert manifest["optimizer"]["fused"]["SkipLayerNormalization"] > 0
+    assert manifest["optimizer"]["fused"]["Attention"] == 2  # ORT's own fusion, on the eager-attention graph
     assert manifest["source_run"]["preprocessing"]["pad_id"] == tokenizer.pad_token_id == 0
 
 
