@@ -1,21 +1,16 @@
 """benchmarks/bench_lora_matmul.py's CPU-side logic: the cost model, the CSV, and its exit without CUDA."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lora_matmul.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_lora_matmul", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_lora_matmul")
 
 
 def test_flops(bench) -> None:

@@ -1,20 +1,13 @@
 """benchmarks/memory_floor.py: the bytes a forward pass streams (embeddings excluded, int8 matrices at 1 byte)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers import load_benchmark
 from transformers import GPT2Config, GPT2ForSequenceClassification
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_floor.py"
 
 
 @pytest.fixture(scope="module")
 def floor():
-    spec = importlib.util.spec_from_file_location("memory_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory_floor")
 
 
 def test_streamed_bytes_of_gpt2(floor) -> None:
