@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kdfast.batching import pad_batch, shuffled_batches
@@ -78,6 +78,7 @@ from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resol
 
 CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
+EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
 P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
 
 
@@ -218,10 +219,10 @@ def teacher_embeddings(teacher: Path) -> torch.Tensor:
             keys = f.keys()  # a safetensors handle is not iterable
             shapes = {k: f.get_slice(k).get_shape() for k in keys}
             names = [k for k, shape in shapes.items() if len(shape) == 2 and shape[0] == vocab_size]
-            names.sort(key=lambda k: "embed" not in k and "wte" not in k)  # an embedding's name first
+            names.sort(key=lambda k: (not k.endswith(EMBEDDING_NAMES), "embed" not in k and "wte" not in k))
             if names:
                 return f.get_tensor(names[0]).float()
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, SafetensorError) as e:
         raise KdfastError(f"{merged}: could not read the teacher's token embeddings ({first_line(e)})") from None
     raise KdfastError(f"{merged}: no token-embedding table ({vocab_size} rows) in model.safetensors")
 
@@ -232,13 +233,14 @@ def word_neighbours(sentences: list[str], tokenizer: Any, table: torch.Tensor, k
     cosine between their embeddings in ``table`` (the mean row of a word's tokens, as ``tokenizer`` splits it
     after a space)."""
     counts = Counter(w for s in sentences for w in s.split())
-    words = [w for w, c in counts.items() if c >= min_count]
+    words, rows = [], []
+    for w in (w for w, c in counts.items() if c >= min_count):
+        ids = [i for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"] if i < len(table)]
+        if ids:  # a word without tokens has no place in the space: its swaps come from the pool
+            words.append(w)
+            rows.append(table[ids].mean(0))
     if len(words) <= 1:
         return {}
-    rows = []
-    for w in words:
-        ids = [i for i in tokenizer(" " + w, add_special_tokens=False)["input_ids"] if i < len(table)]
-        rows.append(table[ids].mean(0) if ids else table.mean(0))
     x = F.normalize(torch.stack(rows), dim=1)
     sim = x @ x.T
     sim.fill_diagonal_(-2.0)  # a word is not its own neighbour

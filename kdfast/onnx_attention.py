@@ -41,9 +41,9 @@ def fuse_attention(model: Any, num_heads: int) -> int:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer if int(np.prod(i.dims)) == 1}
     for n in graph.node:
-        if n.op_type == "Constant" and _attr(n, "value") is not None:
+        if n.op_type == "Constant" and _attr(n, "value") is not None and int(np.prod(_attr(n, "value").dims)) == 1:
             constants[n.output[0]] = numpy_helper.to_array(_attr(n, "value"))
     graph_outputs = {o.name for o in graph.output}
 
@@ -85,6 +85,8 @@ def fuse_attention(model: Any, num_heads: int) -> int:
         q, k, v = head_split(qk.input[0], Q_PERM), head_split(qk.input[1], K_PERM), head_split(av.input[1], Q_PERM)
         out_t = consumers.get(av.output[0], [])
         if q is None or k is None or v is None or len(out_t) != 1 or out_t[0].op_type != "Transpose":
+            continue
+        if {softmax.output[0], av.output[0], out_t[0].output[0]} & graph_outputs:  # attention probabilities kept
             continue
         out_r = consumers.get(out_t[0].output[0], [])
         if list(_attr(out_t[0], "perm", [])) != OUT_PERM or len(out_r) != 1 or out_r[0].op_type != "Reshape":
