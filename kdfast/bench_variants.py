@@ -191,13 +191,52 @@ def onnx_files(run_dir: Path, data: str | None, optimize: bool, tmp: Path,
     return OnnxFiles(folder, manifest, tmp)
 
 
+def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool], device: torch.device, threads: int,
+                  tmp: Path, say: Callable[..., None]) -> Callable[[str], Callable[[], Loaded]]:
+    """``variant(name)`` -> build, for a run's ONNX Runtime variants ("fp32", "optimized", "int8"); they share one
+    export, found or made (``optimize()`` says whether with --optimize) on the first build, and so does its failure."""
+    from kdfast.export import MODEL_FILES
+
+    onnx: dict[str, OnnxFiles | Skip] = {}
+
+    def files() -> OnnxFiles:
+        if not onnx:
+            try:
+                onnx["files"] = onnx_files(run_dir, data, optimize(), tmp, say)
+            except (Skip, KdfastError) as e:
+                onnx["files"] = Skip(str(e))
+        found = onnx["files"]
+        if isinstance(found, Skip):
+            raise found
+        return found
+
+    def variant(name: str) -> Callable[[], Loaded]:
+        def build() -> Loaded:
+            f = files()
+            params = int(f.manifest["source_run"].get("parameters") or 0)
+            names = [i["name"] for i in f.manifest["inputs"]]
+            if name == "int8":
+                if device.type == "cuda":
+                    raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
+                path, note = f.int8(say)
+                return ort_variant(path, names, threads, device, params, note)
+            path = f.folder / MODEL_FILES[name]
+            if not path.exists():
+                raise Skip(f"{f.folder} has no {path.name} (kdfast export --onnx --optimize {run_dir} writes it)")
+            return ort_variant(path, names, threads, device, params)
+
+        return build
+
+    return variant
+
+
 # --- the teacher's variants
 
 
 def teacher_builders(run_dir: Path, data: str | None, device: torch.device, threads: int, tmp: Path,
                      say: Callable[..., None]) -> Iterator[tuple[str, Callable[[], Loaded]]]:
     """(variant, build) for every teacher variant; ``build`` raises Skip when the variant cannot run here."""
-    from kdfast.export import MODEL_FILES, OPTIMIZER_TYPES, ClassifierLogits
+    from kdfast.export import OPTIMIZER_TYPES, ClassifierLogits
     from kdfast.lora import set_fused, unwrap_merged
     from kdfast.teacher import load_teacher
 
@@ -234,38 +273,11 @@ def teacher_builders(run_dir: Path, data: str | None, device: torch.device, thre
         weights = files_mb(base, adapter) if base.is_dir() else None
         return torch_variant(ClassifierLogits(model).to(device), device, count(model), weights)
 
-    onnx: dict[str, OnnxFiles | Skip] = {}
+    def optimize() -> bool:  # export --optimize refuses a model type it has nothing to fuse in
+        config = (run_dir / "merged" if (run_dir / "merged").is_dir() else base) / "config.json"
+        return (read_json(config).get("model_type") if config.is_file() else None) in OPTIMIZER_TYPES
 
-    def files() -> OnnxFiles:
-        if not onnx:
-            try:
-                config = (run_dir / "merged" if (run_dir / "merged").is_dir() else base) / "config.json"
-                model_type = read_json(config).get("model_type") if config.is_file() else None
-                optimize = model_type in OPTIMIZER_TYPES  # else export --optimize refuses: nothing to fuse
-                onnx["files"] = onnx_files(run_dir, data, optimize, tmp, say)
-            except (Skip, KdfastError) as e:
-                onnx["files"] = Skip(str(e))
-        found = onnx["files"]
-        if isinstance(found, Skip):
-            raise found
-        return found
-
-    def onnx_variant(name: str) -> Callable[[], Loaded]:
-        def build() -> Loaded:
-            f = files()
-            params = int(f.manifest["source_run"].get("parameters") or 0)
-            names = [i["name"] for i in f.manifest["inputs"]]
-            if name == "int8":
-                if device.type == "cuda":
-                    raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
-                path, note = f.int8(say)
-                return ort_variant(path, names, threads, device, params, note)
-            path = f.folder / MODEL_FILES[name]
-            if not path.exists():
-                raise Skip(f"{f.folder} has no {path.name} (kdfast export --onnx --optimize {run_dir} writes it)")
-            return ort_variant(path, names, threads, device, params)
-
-        return build
+    onnx_variant = onnx_variants(run_dir, data, optimize, device, threads, tmp, say)
 
     yield "teacher-unmerged", unmerged
     yield "teacher-merged", merged
@@ -309,33 +321,7 @@ def student_builders(run_dir: Path, data: str | None, device: torch.device, thre
                              note="cell loop through torch.compile; inputs padded to a multiple of 8 steps",
                              pad_to=lambda ids, mask: pad_for_compile(ids, mask, pad_id), warm_every_batch=True)
 
-    onnx: dict[str, OnnxFiles | Skip] = {}
-
-    def files() -> OnnxFiles:
-        if not onnx:
-            try:
-                onnx["files"] = onnx_files(run_dir, data, False, tmp, say)
-            except (Skip, KdfastError) as e:
-                onnx["files"] = Skip(str(e))
-        found = onnx["files"]
-        if isinstance(found, Skip):
-            raise found
-        return found
-
-    def onnx_variant(name: str) -> Callable[[], Loaded]:
-        def build() -> Loaded:
-            from kdfast.export import MODEL_FILES
-
-            f = files()
-            params = int(f.manifest["source_run"].get("parameters") or 0)
-            if name == "int8":
-                if device.type == "cuda":
-                    raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
-                path, note = f.int8(say)
-                return ort_variant(path, ["input_ids"], threads, device, params, note)
-            return ort_variant(f.folder / MODEL_FILES[name], ["input_ids"], threads, device, params)
-
-        return build
+    onnx_variant = onnx_variants(run_dir, data, lambda: False, device, threads, tmp, say)
 
     yield "student-eager", eager
     yield "student-compiled", compiled
