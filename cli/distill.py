@@ -37,6 +37,8 @@ def distill(
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
     augment: int = typer.Option(0, help="Synthetic sentences per training sentence, labelled by the teacher "
                                 "(mask, swap with a teacher-embedding neighbour, n-gram)."),
+    feature_weight: float = typer.Option(0.0, help="Weight beta of fitting the teacher's sentence representation "
+                                         "(mean-squared error through a linear map; 0: off)."),
     reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
     cell: str = typer.Option("lstm", help="lstm or gru."),
     hidden: int = typer.Option(256, help="Hidden size of each direction."),
@@ -57,7 +59,8 @@ def distill(
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
     vocab.json, teacher_logits.safetensors and curves.png."""
     cfg = DistillConfig(teacher=teacher, data=data, out=out, epochs=epochs, lr=lr, temperature=temperature,
-                        alpha=alpha, augment=augment, reuse_logits=reuse_logits, cell=cell, hidden=hidden,
+                        alpha=alpha, augment=augment, feature_weight=feature_weight,
+                        reuse_logits=reuse_logits, cell=cell, hidden=hidden,
                         embed_dim=embed_dim, layers=layers, bidirectional=bidirectional, dropout=dropout,
                         pooling=pooling, min_freq=min_freq, compile=compile, seed=seed,
                         max_train_samples=max_train_samples, batch_size=batch_size, device=device,

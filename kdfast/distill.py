@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-from kdfast.batching import pad_batch, shuffled_batches
+from kdfast.batching import length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import load_cola, subsample
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.plots import plot_curves
@@ -73,7 +74,6 @@ from kdfast.student import (
     save_student,
 )
 from kdfast.teacher import best_summary, encode, load_teacher, score_dev
-from kdfast.teacher import predict_logits as teacher_predict_logits
 from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
@@ -135,6 +135,7 @@ class DistillConfig(ScratchConfig):
     temperature: float = 2.0  # T: softens both distributions in the KL term
     alpha: float = 0.5  # weight of the soft (KL) term; 1 − alpha on the hard (CE) term
     augment: int = 0  # synthetic sentences per training sentence, labelled by the teacher
+    feature_weight: float = 0.0  # beta: weight of fitting the teacher's sentence representation (0: off)
     reuse_logits: Path | None = None  # another student run whose cached teacher logits may be reused
     teacher_batch_size: int = 64
 
@@ -144,6 +145,7 @@ class DistillConfig(ScratchConfig):
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
             (0 <= self.alpha <= 1, f"--alpha must be in [0, 1], got {self.alpha}"),
             (self.augment >= 0, f"--augment must be at least 0, got {self.augment}"),
+            (self.feature_weight >= 0, f"--feature-weight must be at least 0, got {self.feature_weight}"),
         ]
         require(checks)
 
@@ -277,22 +279,72 @@ def cache_key(fingerprint: str, texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def read_cache(path: Path, key: str) -> torch.Tensor | None:
-    """The cached logits (N, 2) at ``path`` when its key matches, else None."""
+def read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The cached ``logits`` (N, 2) and, when present, ``features`` (N, d) at ``path`` when its key matches, else
+    None."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
-            return f.get_tensor("logits")
+            names = f.keys()  # a safetensors handle is not iterable
+            return {k: f.get_tensor(k).float() for k in names if k in ("logits", "features")}
     except Exception:  # an unreadable cache is only a cache: score again
         return None
 
 
-def write_cache(path: Path, logits: torch.Tensor, key: str, teacher: Path, n_real: int) -> None:
-    meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(len(logits) - n_real)}
-    save_file({"logits": logits.contiguous()}, str(path), metadata=meta)
+def write_cache(path: Path, scores: dict[str, torch.Tensor], key: str, teacher: Path, n_real: int) -> None:
+    """The teacher's logits (fp32) and sentence representations (fp16: they are standardised regression targets)."""
+    n = len(scores["logits"])
+    meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(n - n_real)}
+    tensors = {"logits": scores["logits"].float().contiguous()}
+    if "features" in scores:
+        tensors["features"] = scores["features"].half().contiguous()
+    save_file(tensors, str(path), metadata=meta)
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The layer that produces a sequence classifier's logits: its last ``nn.Linear`` with one output per label
+    (BERT's ``classifier``, GPT-2's ``score``, RoBERTa's ``out_proj``)."""
+    n = model.config.num_labels
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == n]
+    if not layers:
+        raise KdfastError(f"the teacher has no linear layer with {n} outputs to read its sentence representation from")
+    return layers[-1]
+
+
+@torch.no_grad()
+def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device,
+                    batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """``logits`` (N, 2) and ``features`` (N, d), in the order of ``ids``: the teacher's logits and the vector its
+    classification layer turned into them (BERT's pooled [CLS], GPT-2's last real token). A layer that scores every
+    position (GPT-2's) gives, for each sentence, the position whose output is the model's logits."""
+    model.eval()
+    seen: dict[str, torch.Tensor] = {}
+    hook = classifier_layer(model).register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    logits_out, features_out = torch.zeros(len(ids), 2), None
+    try:
+        for idx in length_sorted_batches(ids, batch_size):
+            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+            x, y = seen["x"].float(), seen["y"].float()
+            if x.dim() == 3:  # (B, T, d), scored at every position: keep the one the model pooled
+                pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
+                x = x[torch.arange(len(idx), device=x.device), pos]
+            if features_out is None:
+                features_out = torch.zeros(len(ids), x.shape[-1])
+            logits_out[idx], features_out[idx] = logits.cpu(), x.cpu()
+    finally:
+        hook.remove()
+    assert features_out is not None, "no sentences to score"
+    return {"logits": logits_out, "features": features_out}
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Each column to mean 0 and standard deviation 1 (a constant column to 0), so that every dimension of the
+    teacher's representation weighs the same in the mean-squared error."""
+    return (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
 
 
 def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:
@@ -302,8 +354,9 @@ def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:
 
 
 def score_with_teacher(cfg: DistillConfig, sentences: list[str], device: torch.device, bar: Any
-                       ) -> tuple[torch.Tensor, str, bool]:
-    """Teacher logits (N, 2) for ``sentences``, from a cache when one matches: (logits, key, from_cache)."""
+                       ) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """The teacher's ``logits`` (N, 2) and ``features`` (N, d) for ``sentences``, from a cache when one matches
+    (one without features does when ``--feature-weight`` is 0): (scores, key, from_cache)."""
     from transformers import AutoTokenizer
 
     merged = Path(cfg.teacher) / "merged"
@@ -314,23 +367,23 @@ def score_with_teacher(cfg: DistillConfig, sentences: list[str], device: torch.d
     texts = teacher_texts(sentences, tokenizer)
     key = cache_key(teacher_fingerprint(cfg.teacher), texts)
     for candidate in (cfg.reuse_logits, cfg.out):
-        if candidate is not None and (cached := read_cache(Path(candidate) / CACHE_FILE, key)) is not None:
+        cached = read_cache(Path(candidate) / CACHE_FILE, key) if candidate is not None else None
+        if cached is not None and ("features" in cached or cfg.feature_weight == 0):
             bar.console.print(f"teacher logits: reusing {Path(candidate) / CACHE_FILE}")
             return cached, key, True
     model, tokenizer = load_teacher(cfg.teacher)
     model.to(device)
     max_length = read_json(Path(cfg.teacher) / METRICS_FILE)["config"].get("max_length", 64)
-    logits = torch.zeros(len(texts), 2)
+    parts: list[dict[str, torch.Tensor]] = []
     task = bar.add_task("teacher logits (once)", total=len(texts), loss=0.0, rate=0.0)
     start, chunk = time.perf_counter(), 2048
     for i in range(0, len(texts), chunk):
         ids = encode(tokenizer, texts[i : i + chunk], max_length)
-        logits[i : i + chunk] = torch.from_numpy(
-            teacher_predict_logits(model, ids, tokenizer.pad_token_id, device, cfg.teacher_batch_size))
+        parts.append(teacher_outputs(model, ids, tokenizer.pad_token_id, device, cfg.teacher_batch_size))
         done = min(i + chunk, len(texts))
         bar.update(task, completed=done, rate=done / (time.perf_counter() - start))
     del model
-    return logits, key, False
+    return {k: torch.cat([p[k] for p in parts]) for k in ("logits", "features")}, key, False
 
 
 # --- the stage
@@ -366,6 +419,10 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     alpha = cfg.alpha if isinstance(cfg, DistillConfig) else 0.0
     temperature = cfg.temperature if isinstance(cfg, DistillConfig) else 1.0
     soft: torch.Tensor | None = None
+    scores: dict[str, torch.Tensor] = {}
+    target: torch.Tensor | None = None  # the teacher's standardised sentence representations, for --feature-weight
+    projection: nn.Module | None = None  # student features -> teacher features; for training only, not saved
+    beta = cfg.feature_weight if isinstance(cfg, DistillConfig) else 0.0
     synthetic: list[str] = []
     cache: dict[str, Any] = {}
 
@@ -373,14 +430,19 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         if isinstance(cfg, DistillConfig):
             neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
             synthetic = augment(sentences, cfg.augment, cfg.seed, neighbours)
-            soft, key, hit = score_with_teacher(cfg, sentences + synthetic, device, bar)
+            scores, key, hit = score_with_teacher(cfg, sentences + synthetic, device, bar)
+            soft = scores["logits"]
+            if beta > 0:
+                target = standardise(scores["features"])
+                projection = nn.Linear(model.head.in_features, target.shape[1]).to(device)
             cache = {"key": key, "reused": hit}
             sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)
         ids = [vocab.encode(s, cfg.max_length) for s in sentences]
         label_t = torch.tensor(labels)
         steps_per_epoch = -(-len(ids) // cfg.batch_size)
+        params = [*model.parameters(), *(projection.parameters() if projection is not None else [])]
         optimizer, scheduler = adamw_with_warmup(
-            model.parameters(), cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
+            params, cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
         )
 
         # --- train
@@ -398,12 +460,17 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                 if cfg.compile:
                     input_ids, mask = pad_for_compile(input_ids, mask, vocab.pad_id)
                 y = label_t[idx].to(device)
-                logits = runner(input_ids.to(device), mask.to(device))  # (B, 2)
                 teacher = soft[idx].to(device) if soft is not None else None
-                loss = kd_loss(logits, teacher, y, temperature, alpha)
+                if projection is not None and target is not None:
+                    logits, features = runner(input_ids.to(device), mask.to(device), return_features=True)
+                    loss = kd_loss(logits, teacher, y, temperature, alpha) + beta * F.mse_loss(
+                        projection(features).float(), target[idx].to(device))
+                else:
+                    logits = runner(input_ids.to(device), mask.to(device))  # (B, 2)
+                    loss = kd_loss(logits, teacher, y, temperature, alpha)
                 check_finite(loss, epoch, step)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -449,12 +516,13 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     mode = "distill" if distill else "scratch"
     with staged_dir(cfg.out, cfg.overwrite) as tmp:
         save_student(model.cpu(), vocab, cfg.max_length, tmp)
-        if soft is not None:
-            write_cache(tmp / CACHE_FILE, soft, cache["key"], Path(config["teacher"]), len(train))
+        if scores:
+            write_cache(tmp / CACHE_FILE, scores, cache["key"], Path(config["teacher"]), len(train))
         write_json(tmp / METRICS_FILE, metrics)
         s = model.cfg
         arch = f"{'Bi' if s.bidirectional else ''}{s.cell.upper()} {s.layers}x{s.hidden}"
-        how = f"distilled (T={temperature:g}, alpha={alpha:g}, +{len(synthetic):,} synthetic)" if distill else "scratch"
+        how = (f"distilled (T={temperature:g}, alpha={alpha:g}{f', beta={beta:g}' if beta else ''}, "
+               f"+{len(synthetic):,} synthetic)") if distill else "scratch"
         title = f"{arch} student, {how}, on CoLA"
         plot_curves(history, tmp / "curves.png", title)
         write_run_info(tmp, "student", mode=mode)

@@ -228,8 +228,11 @@ class DistilRNN(nn.Module):
         loop = lstm_loop if self.cfg.cell == "lstm" else gru_loop
         return loop(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 2) of right-padded ``input_ids`` (B, T); ``attention_mask`` (B, T) is 1 on valid steps."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, 2) of right-padded ``input_ids`` (B, T); ``attention_mask`` (B, T) is 1 on valid steps.
+        With ``return_features``, also the pooled sentence vector the head reads (B, hidden · directions), which
+        distillation's representation term (``--feature-weight``) fits to the teacher's."""
         cfg = self.cfg
         steps = input_ids.shape[1]
         lengths = attention_mask.sum(1).clamp(min=1)  # (B,)
@@ -246,7 +249,8 @@ class DistilRNN(nn.Module):
             x = torch.cat(outs, dim=-1)  # (B, T, H · directions)
             if layer < cfg.layers - 1:
                 x = self.drop(x)
-        return self.head(self.drop(self.pool(x, attention_mask, lengths)))  # (B, 2)
+        z = self.drop(self.pool(x, attention_mask, lengths))  # (B, C)
+        return (self.head(z), z) if return_features else self.head(z)  # (B, 2)
 
     def pool(self, x: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, C) → (B, C) over valid steps only."""

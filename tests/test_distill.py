@@ -14,7 +14,17 @@ import torch
 from safetensors import safe_open
 
 import kdfast.distill
-from kdfast.distill import CACHE_FILE, DistillConfig, augment, kd_loss, run, teacher_embeddings, word_neighbours
+from kdfast.distill import (
+    CACHE_FILE,
+    DistillConfig,
+    augment,
+    kd_loss,
+    run,
+    standardise,
+    teacher_embeddings,
+    teacher_outputs,
+    word_neighbours,
+)
 from kdfast.student import MASK
 
 STUDENT_FLAGS = ["--hidden", "8", "--embed-dim", "8", "--epochs", "2", "--max-train-samples", "48", "--batch-size",
@@ -154,6 +164,51 @@ def test_teacher_embeddings_are_the_models_input_embeddings(teacher_run: Path) -
     assert torch.equal(teacher_embeddings(teacher_run), model.get_input_embeddings().weight.detach().float())
 
 
+def test_teacher_features_are_what_its_classifier_turns_into_the_logits(teacher_run: Path) -> None:
+    """GPT-2 scores every position and keeps the last real token's: the features must be that token's state, so
+    applying the score layer to them gives the logits back, whatever the padding of the batch."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from kdfast.teacher import encode, load_teacher
+
+    gpt2, tokenizer = load_teacher(teacher_run)
+    ids = encode(tokenizer, ["John left .", "The cat that the dog chased sat on the mat .", "Bill"], 64)
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32)).eval()
+    for model, layer, pad in ((gpt2, gpt2.score, tokenizer.pad_token_id), (bert, bert.classifier, 0)):
+        got = teacher_outputs(model, ids if model is gpt2 else [[5, 6, 7], [8, 9], [10]], pad, torch.device("cpu"),
+                              batch_size=2)
+        assert got["features"].shape == (3, model.config.hidden_size)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(got["features"]), got["logits"], rtol=1e-5, atol=1e-5)
+        assert not torch.equal(got["features"][0], got["features"][1])
+
+
+def test_standardise() -> None:
+    x = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
+    z = standardise(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3))
+    torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.0, 1.0]))  # a constant column is 0, not NaN
+
+
+def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                      teacher_run: Path, cola_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "student"
+    code, _, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data", str(cola_dir),
+                              "--out", str(out), "--augment", "1", "--feature-weight", "1", *STUDENT_FLAGS)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["feature_weight"] == 1.0
+    with safe_open(str(out / CACHE_FILE), framework="pt") as f:
+        assert f.get_tensor("features").shape == (48 * 2, 32)  # the tiny GPT-2's width
+    # the projection onto the teacher's features is for training only: the student's files are the usual ones
+    assert {p.name for p in out.iterdir()} == STUDENT_FILES | {CACHE_FILE}
+    code, _, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data", str(cola_dir),
+                              "--out", str(tmp_path / "x"), "--feature-weight", "-1", *STUDENT_FLAGS)
+    assert code == 2 and err.startswith("error: --feature-weight must be at least 0")
+
+
 def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, cola_dir: Path,
                                           tmp_path: Path) -> None:
     calls = []
@@ -180,6 +235,17 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
     # another transfer set is another key: the teacher must run
     with pytest.raises(AssertionError, match="loaded again"):
         run(DistillConfig(**{**cfg, "out": tmp_path / "s3", "reuse_logits": tmp_path / "s", "augment": 2}))
+    # a cache written before features were cached has logits only: good for the KL term, not for --feature-weight
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "s" / CACHE_FILE
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file({"logits": load_file(str(path))["logits"]}, str(path), metadata=meta)
+    assert run(DistillConfig(**{**cfg, "overwrite": True, "out": tmp_path / "s4", "reuse_logits": tmp_path / "s"}
+                             ))["teacher"]["logits_cache"]["reused"]
+    with pytest.raises(AssertionError, match="loaded again"):
+        run(DistillConfig(**{**cfg, "out": tmp_path / "s5", "reuse_logits": tmp_path / "s", "feature_weight": 1.0}))
 
 
 def test_teacher_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cola_dir: Path,

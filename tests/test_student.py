@@ -87,8 +87,13 @@ def test_compiled_matches_eager() -> None:
     ids, mask = pad_batch(SENTENCES, 0)
     with torch.no_grad():
         eager = model(ids, mask)  # nn.LSTM
-        compiled = compile_student(model)(*pad_for_compile(ids, mask, 0))
+        runner = compile_student(model)
+        compiled = runner(*pad_for_compile(ids, mask, 0))
+        logits, features = runner(*pad_for_compile(ids, mask, 0), return_features=True)  # distillation's path
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)
+    assert features.shape == (len(SENTENCES), 2 * model.cfg.hidden)
+    torch.testing.assert_close(model.head(features), eager, rtol=1e-5, atol=1e-5)
 
 
 def test_vocab_encodes_saves_and_loads(tmp_path: Path) -> None:
