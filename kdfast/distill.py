@@ -8,10 +8,17 @@ set. One stage, shaped setup → train → save (``run``), for both modes:
   keeps the soft term's gradients on the scale of the hard term's as T grows (they shrink as 1/T²).
 - ``scratch`` (``ScratchConfig``, ``kdfast train rnn``): the same loop with α = 0 and no teacher, the baseline.
 
+With ``--feature-weight β`` > 0 the distilled loss adds β·MSE(W·z_s + b, ẑ_t): the student's pooled sentence vector
+z_s, through a linear map trained with it (and not saved: the student's files and export do not change), fits
+the teacher's sentence representation ẑ_t, the vector its classification layer turns into logits (BERT's pooled
+[CLS], GPT-2's last real token), standardised per dimension over the transfer set. Two logits of a two-class
+teacher carry one number of knowledge per sentence (their difference); its representation carries hundreds
+(FitNets, Romero et al. 2015, https://arxiv.org/abs/1412.6550, at the last layer rather than a middle one).
+
 The teacher is run once over the transfer set, before the first epoch, and its logits are cached in the run folder
-(``teacher_logits.safetensors``, keyed by a hash of the teacher run and of the exact sentences it scored); a later
-run with the same teacher, data, seed and ``--augment`` into the same ``--out`` (or with ``--reuse-logits RUN``)
-reads them back instead of loading the teacher at all.
+(``teacher_logits.safetensors``, with its sentence representations, keyed by a hash of the teacher run and of
+the exact sentences it scored); a later run with the same teacher, data, seed and ``--augment`` into the same
+``--out`` (or with ``--reuse-logits RUN``) reads them back instead of loading the teacher at all.
 
 **Transfer set** (``--augment N``: N synthetic sentences per training sentence), after Tang et al. §3.2. For each
 whitespace-separated word: with probability p_mask it becomes ``[MASK]``; else with probability p_swap it is
