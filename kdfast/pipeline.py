@@ -82,7 +82,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         teacher = TeacherConfig(model=cfg.model, out=out / "teacher", rank=16, alpha=32, lr=5e-4, epochs=10,
                                 group_by_length=True, **common)
         student_kw, bench_kw = {"epochs": 8}, {"threads": 2}
-    transfer = {} if quick else {"augment": 4}  # the README's distilled student has a transfer set
+    # the README's distilled student: a transfer set, and the teacher's sentence representation fitted
+    transfer = {} if quick else {"augment": 4, "feature_weight": 1.0}
     student = DistillConfig(teacher=teacher.out, out=out / "student", **transfer, **student_kw, **common)
     rnn = ScratchConfig(out=out / "rnn", **student_kw, **common)
     stages = [
