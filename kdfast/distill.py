@@ -11,9 +11,10 @@ set. One stage, shaped setup → train → save (``run``), for both modes:
 With ``--feature-weight β`` > 0 the distilled loss adds β·MSE(W·z_s + b, ẑ_t): the student's pooled sentence vector
 z_s, through a linear map trained with it (and not saved: the student's files and export do not change), fits
 the teacher's sentence representation ẑ_t, the vector its classification layer turns into logits (BERT's pooled
-[CLS], GPT-2's last real token), standardised per dimension over the transfer set. Two logits of a two-class
-teacher carry one number of knowledge per sentence (their difference); its representation carries hundreds
-(FitNets, Romero et al. 2015, https://arxiv.org/abs/1412.6550, at the last layer rather than a middle one).
+[CLS], GPT-2's last real token), standardised per dimension over the transfer set; gradient clipping
+(``max_grad_norm``) applies to the student and that map together. Two logits of a two-class teacher carry one
+number of knowledge per sentence (their difference); its representation carries hundreds (FitNets, Romero et al.
+2015, https://arxiv.org/abs/1412.6550, at the last layer rather than a middle one).
 
 The teacher is run once over the transfer set, before the first epoch, and its logits are cached in the run folder
 (``teacher_logits.safetensors``, with its sentence representations, keyed by a hash of the teacher run and of
@@ -302,13 +303,11 @@ def read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
 
 
 def write_cache(path: Path, scores: dict[str, torch.Tensor], key: str, teacher: Path, n_real: int) -> None:
-    """The teacher's logits (fp32) and sentence representations (fp16: they are standardised regression targets)."""
+    """The teacher's logits and sentence representations, in fp32: a run that reads them back trains on exactly
+    what the run that scored them did."""
     n = len(scores["logits"])
     meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(n - n_real)}
-    tensors = {"logits": scores["logits"].float().contiguous()}
-    if "features" in scores:
-        tensors["features"] = scores["features"].half().contiguous()
-    save_file(tensors, str(path), metadata=meta)
+    save_file({k: v.float().contiguous() for k, v in scores.items()}, str(path), metadata=meta)
 
 
 def classifier_layer(model: nn.Module) -> nn.Linear:
@@ -351,7 +350,7 @@ def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device:
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """Each column to mean 0 and standard deviation 1 (a constant column to 0), so that every dimension of the
     teacher's representation weighs the same in the mean-squared error."""
-    return (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    return (x - x.mean(0)) / x.std(0, unbiased=len(x) > 1).clamp(min=1e-6)
 
 
 def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:

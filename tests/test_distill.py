@@ -165,24 +165,29 @@ def test_teacher_embeddings_are_the_models_input_embeddings(teacher_run: Path) -
 
 
 def test_teacher_features_are_what_its_classifier_turns_into_the_logits(teacher_run: Path) -> None:
-    """GPT-2 scores every position and keeps the last real token's: the features must be that token's state, so
-    applying the score layer to them gives the logits back, whatever the padding of the batch."""
+    """Batched and padded, in length order, the features are each sentence's own: GPT-2's last token state (after
+    the final layer norm), BERT's pooled [CLS]; and the logits are the model's."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kdfast.teacher import encode, load_teacher
+    from kdfast.teacher import encode, load_teacher, predict_logits
 
     gpt2, tokenizer = load_teacher(teacher_run)
-    ids = encode(tokenizer, ["John left .", "The cat that the dog chased sat on the mat .", "Bill"], 64)
     torch.manual_seed(0)
     bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1,
                                                     num_attention_heads=2, intermediate_size=32)).eval()
-    for model, layer, pad in ((gpt2, gpt2.score, tokenizer.pad_token_id), (bert, bert.classifier, 0)):
-        got = teacher_outputs(model, ids if model is gpt2 else [[5, 6, 7], [8, 9], [10]], pad, torch.device("cpu"),
-                              batch_size=2)
-        assert got["features"].shape == (3, model.config.hidden_size)
-        with torch.no_grad():
-            torch.testing.assert_close(layer(got["features"]), got["logits"], rtol=1e-5, atol=1e-5)
-        assert not torch.equal(got["features"][0], got["features"][1])
+    gpt2_ids = encode(tokenizer, ["John left .", "The cat that the dog chased sat on the mat .", "Bill"], 64)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        for model, ids, pad in ((gpt2, gpt2_ids, tokenizer.pad_token_id), (bert, [[5, 6, 7], [8, 9, 4, 3], [10]], 0)):
+            got = teacher_outputs(model, ids, pad, cpu, batch_size=2)
+            torch.testing.assert_close(got["logits"].numpy(), predict_logits(model, ids, pad, cpu, batch_size=2))
+            for i, sentence in enumerate(ids):
+                alone = torch.tensor([sentence])
+                if model is gpt2:
+                    want = gpt2.transformer(alone).last_hidden_state[0, -1]
+                else:
+                    want = bert.bert(alone).pooler_output[0]
+                torch.testing.assert_close(got["features"][i], want, rtol=1e-4, atol=1e-5)
 
 
 def test_standardise() -> None:
@@ -190,6 +195,7 @@ def test_standardise() -> None:
     z = standardise(x)
     torch.testing.assert_close(z.mean(0), torch.zeros(3))
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.0, 1.0]))  # a constant column is 0, not NaN
+    assert torch.equal(standardise(x[:1]), torch.zeros(1, 3))  # one sentence: zeros, not NaN
 
 
 def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -201,7 +207,16 @@ def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["feature_weight"] == 1.0
     with safe_open(str(out / CACHE_FILE), framework="pt") as f:
-        assert f.get_tensor("features").shape == (48 * 2, 32)  # the tiny GPT-2's width
+        features = f.get_tensor("features")
+    assert features.shape == (48 * 2, 32) and features.dtype == torch.float32  # the tiny GPT-2's width
+    # the term is in the loss: the same run without it (same seed, same cached teacher) trains differently
+    code, _, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data", str(cola_dir),
+                              "--out", str(tmp_path / "plain"), "--augment", "1", "--reuse-logits", str(out),
+                              *STUDENT_FLAGS)
+    assert code == 0, err
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["teacher"]["logits_cache"]["reused"]
+    assert metrics["history"][0]["train_loss"] > plain["history"][0]["train_loss"]  # plus a non-negative MSE
     # the projection onto the teacher's features is for training only: the student's files are the usual ones
     assert {p.name for p in out.iterdir()} == STUDENT_FILES | {CACHE_FILE}
     code, _, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data", str(cola_dir),
@@ -235,6 +250,8 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
     # another transfer set is another key: the teacher must run
     with pytest.raises(AssertionError, match="loaded again"):
         run(DistillConfig(**{**cfg, "out": tmp_path / "s3", "reuse_logits": tmp_path / "s", "augment": 2}))
+    assert run(DistillConfig(**{**cfg, "out": tmp_path / "f", "reuse_logits": tmp_path / "s", "feature_weight": 1.0}
+                             ))["teacher"]["logits_cache"]["reused"]  # the features are cached with the logits
     # a cache written before features were cached has logits only: good for the KL term, not for --feature-weight
     from safetensors.torch import load_file, save_file
 
