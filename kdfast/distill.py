@@ -55,7 +55,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kdfast.batching import length_sorted_batches, pad_batch, shuffled_batches
+from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_cola, subsample
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.plots import plot_curves
@@ -81,7 +81,7 @@ from kdfast.student import (
     predict_logits,
     save_student,
 )
-from kdfast.teacher import best_summary, encode, load_teacher, score_dev
+from kdfast.teacher import best_summary, encode, load_teacher, score_dev, teacher_outputs
 from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
@@ -308,43 +308,6 @@ def write_cache(path: Path, scores: dict[str, torch.Tensor], key: str, teacher: 
     n = len(scores["logits"])
     meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(n - n_real)}
     save_file({k: v.float().contiguous() for k, v in scores.items()}, str(path), metadata=meta)
-
-
-def classifier_layer(model: nn.Module) -> nn.Linear:
-    """The layer that produces a sequence classifier's logits: its last ``nn.Linear`` with one output per label
-    (BERT's ``classifier``, GPT-2's ``score``, RoBERTa's ``out_proj``)."""
-    n = model.config.num_labels
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == n]
-    if not layers:
-        raise KdfastError(f"the teacher has no linear layer with {n} outputs to read its sentence representation from")
-    return layers[-1]
-
-
-@torch.no_grad()
-def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device,
-                    batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """``logits`` (N, 2) and ``features`` (N, d), in the order of ``ids``: the teacher's logits and the vector its
-    classification layer turned into them (BERT's pooled [CLS], GPT-2's last real token). A layer that scores every
-    position (GPT-2's) gives, for each sentence, the position whose output is the model's logits."""
-    model.eval()
-    seen: dict[str, torch.Tensor] = {}
-    hook = classifier_layer(model).register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
-    logits_out, features_out = torch.zeros(len(ids), 2), None
-    try:
-        for idx in length_sorted_batches(ids, batch_size):
-            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-            x, y = seen["x"].float(), seen["y"].float()
-            if x.dim() == 3:  # (B, T, d), scored at every position: keep the one the model pooled
-                pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
-                x = x[torch.arange(len(idx), device=x.device), pos]
-            if features_out is None:
-                features_out = torch.zeros(len(ids), x.shape[-1])
-            logits_out[idx], features_out[idx] = logits.cpu(), x.cpu()
-    finally:
-        hook.remove()
-    assert features_out is not None, "no sentences to score"
-    return {"logits": logits_out, "features": features_out}
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:

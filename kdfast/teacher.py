@@ -120,18 +120,54 @@ def encode(tokenizer: Any, sentences: list[str], max_length: int) -> list[list[i
     return tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
 
 
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The layer that produces a sequence classifier's logits: its last ``nn.Linear`` with one output per label
+    (BERT's ``classifier``, GPT-2's ``score``, RoBERTa's ``out_proj``)."""
+    n = model.config.num_labels
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == n]
+    if not layers:
+        raise KdfastError(f"the teacher has no linear layer with {n} outputs to read its sentence representation from")
+    return layers[-1]
+
+
 @torch.no_grad()
+def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device,
+                    batch_size: int = 64, features: bool = True) -> dict[str, torch.Tensor]:
+    """``logits`` (N, 2) and, with ``features``, ``features`` (N, d), in the order of ``ids``, batched by length:
+    the teacher's logits and the vector its classification layer turned into them (BERT's pooled [CLS], GPT-2's
+    last real token). A layer that scores every position (GPT-2's) gives, for each sentence, the position whose
+    output is the model's logits."""
+    model.eval()
+    seen: dict[str, torch.Tensor] = {}
+    hook = None
+    if features:  # the classification layer's input, caught on its way in
+        hook = classifier_layer(model).register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    logits_out, features_out = torch.zeros(len(ids), 2), None
+    try:
+        for idx in length_sorted_batches(ids, batch_size):
+            input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logits_out[idx] = logits.cpu()
+            if not features:
+                continue
+            x, y = seen["x"].float(), seen["y"].float()
+            if x.dim() == 3:  # (B, T, d), scored at every position: keep the one the model pooled
+                pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
+                x = x[torch.arange(len(idx), device=x.device), pos]
+            if features_out is None:
+                features_out = torch.zeros(len(ids), x.shape[-1])
+            features_out[idx] = x.cpu()
+    finally:
+        if hook is not None:
+            hook.remove()
+    return {"logits": logits_out} if features_out is None else {"logits": logits_out, "features": features_out}
+
+
 def predict_logits(
     model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
     """Logits (N, 2) in the order of ``ids``, batched by length."""
-    model.eval()
-    out = np.zeros((len(ids), 2), dtype=np.float32)
-    for idx in length_sorted_batches(ids, batch_size):
-        input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        out[idx] = logits.float().cpu().numpy()
-    return out
+    return teacher_outputs(model, ids, pad_id, device, batch_size, features=False)["logits"].numpy()
 
 
 def score_dev(logits: np.ndarray, dev: list[Example]) -> dict[str, float]:

@@ -22,7 +22,6 @@ from kdfast.distill import (
     run,
     standardise,
     teacher_embeddings,
-    teacher_outputs,
     word_neighbours,
 )
 from kdfast.student import MASK
@@ -169,7 +168,7 @@ def test_teacher_features_are_what_its_classifier_turns_into_the_logits(teacher_
     the final layer norm), BERT's pooled [CLS]; and the logits are the model's."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kdfast.teacher import encode, load_teacher, predict_logits
+    from kdfast.teacher import encode, load_teacher, predict_logits, teacher_outputs
 
     gpt2, tokenizer = load_teacher(teacher_run)
     torch.manual_seed(0)
