@@ -26,7 +26,7 @@ import torch._dynamo
 
 from kdfast.batching import pad_batch
 from kdfast.bench import git_commit, machine
-from kdfast.data import load_cola
+from kdfast.data import load_dataset
 from kdfast.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "student.csv"
@@ -67,17 +67,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    cola = load_cola(args.data)
+    cola = load_dataset(args.data)
     if args.run:
         model, vocab, max_length = load_student(args.run)
     else:
-        vocab, max_length = WordVocab.build([e.sentence for e in cola.train]), 64
+        vocab, max_length = WordVocab.build([e.text for e in cola.train]), 64
         torch.manual_seed(0)
         model = DistilRNN(StudentConfig(vocab_size=len(vocab))).eval()
     model.to(device).eval()
     c = model.cfg
     shape = f"{'bi' if c.bidirectional else ''}{c.cell} {c.layers}x{c.hidden} emb {c.embed_dim} vocab {c.vocab_size}"
-    ids = [vocab.encode(e.sentence, max_length) for e in cola.dev]
+    ids = [vocab.encode(e.text, max_length) for e in cola.dev]
     info = machine()
     host, cpu = f"{info['host']} ({info['cpus']} CPUs)", info["cpu"]
     commit = git_commit()

@@ -25,7 +25,7 @@ from torch import nn
 
 from kdfast.batching import pad_batch
 from kdfast.bench import git_commit
-from kdfast.data import load_cola
+from kdfast.data import load_dataset
 from kdfast.lora import inject_lora, mark_trainable, target_module_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def sentences_per_second(model: nn.Module, batches: list[tuple[torch.Tensor, tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="local model folder (default: GPT-2 small with random weights)")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cola"))
+    parser.add_argument("--data", default="cola")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="training steps per round and model")
     parser.add_argument("--rounds", type=int, default=5)
@@ -95,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     ours, theirs, tokenizer = build_models(args)
-    sentences = [e.sentence for e in load_cola(args.data).train]
+    sentences = [e.text for e in load_dataset(args.data).train]
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(sentences), generator=g).tolist()
     batches = []

@@ -74,7 +74,7 @@ def bench_command(
     csv_out: Path | None = typer.Option(None, "--csv", help="Write the rows as CSV here."),
     md_out: Path | None = typer.Option(None, "--md", help="Write the report as Markdown here."),
     plot: Path | None = typer.Option(None, help="Write a PNG of latency (log) against dev MCC here."),
-    data: str | None = typer.Option(None, help="CoLA source; defaults to the data of the first run given."),
+    data: str | None = typer.Option(None, help="Data to score on (as --data of train); default: the first run's own."),
     variants: str | None = typer.Option(None, help="Comma-separated subset of the variants (default: all)."),
     compare_files: tuple[Path, Path] | None = typer.Option(
         None, "--compare", help="Two JSON reports A B: print A p50 / B p50 per variant; measures nothing."),

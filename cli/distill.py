@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from kdfast.cli import options
 from kdfast.cli.main import app, train_app
 from kdfast.cli.output import console, dev_table
 from kdfast.distill import DistillConfig, ScratchConfig, run
@@ -29,16 +30,23 @@ def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
 @app.command("distill")
 def distill(
     teacher: Path = typer.Option(Path("runs/teacher"), help="Teacher run folder (kdfast train lora)."),
-    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    data: str = options.DATA,
+    dev_data: str | None = options.DEV_DATA,
+    text_column: str | None = options.TEXT_COLUMN,
+    label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs/student"), help="Run folder to write."),
     epochs: int = typer.Option(10),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, linear warm-up and decay)."),
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    augment: int = typer.Option(0, help="Synthetic sentences per training sentence, labelled by the teacher "
-                                "(mask, swap with a teacher-embedding neighbour, n-gram)."),
-    feature_weight: float = typer.Option(0.0, help="Weight beta of fitting the teacher's sentence representation "
-                                         "(mean-squared error through a linear map; 0: off)."),
+    augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
+                                       "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
+                                       "(0 with --plain)."),
+    feature_weight: float | None = typer.Option(None, help="Weight beta of fitting the teacher's sentence "
+                                                "representation (mean-squared error through a linear map; 0: off). "
+                                                "Default 1 (0 with --plain)."),
+    plain: bool = typer.Option(False, "--plain", help="Hinton's loss alone: no transfer set, no representation "
+                               "term (the old default; --augment and --feature-weight still win)."),
     reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
     cell: str = typer.Option("lstm", help="lstm or gru."),
     hidden: int = typer.Option(256, help="Hidden size of each direction."),
@@ -50,6 +58,7 @@ def distill(
     min_freq: int = typer.Option(2, help="Rarer training words map to <unk>."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the cell-loop student."),
     seed: int = typer.Option(0),
+    select_by: str = options.SELECT_BY,
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -58,19 +67,16 @@ def distill(
 ) -> None:
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
     vocab.json, teacher_logits.safetensors and curves.png."""
-    cfg = DistillConfig(teacher=teacher, data=data, out=out, epochs=epochs, lr=lr, temperature=temperature,
-                        alpha=alpha, augment=augment, feature_weight=feature_weight,
-                        reuse_logits=reuse_logits, cell=cell, hidden=hidden,
-                        embed_dim=embed_dim, layers=layers, bidirectional=bidirectional, dropout=dropout,
-                        pooling=pooling, min_freq=min_freq, compile=compile, seed=seed,
-                        max_train_samples=max_train_samples, batch_size=batch_size, device=device,
-                        overwrite=overwrite, progress=progress)
+    cfg = DistillConfig(**locals())  # every option is a field of the config
     _report(run(cfg), "distilled student", out)
 
 
 @train_app.command("rnn")
 def train_rnn(
-    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    data: str = options.DATA,
+    dev_data: str | None = options.DEV_DATA,
+    text_column: str | None = options.TEXT_COLUMN,
+    label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs/rnn"), help="Run folder to write."),
     epochs: int = typer.Option(10),
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, linear warm-up and decay)."),
@@ -84,6 +90,7 @@ def train_rnn(
     min_freq: int = typer.Option(2, help="Rarer training words map to <unk>."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the cell-loop student."),
     seed: int = typer.Option(0),
+    select_by: str = options.SELECT_BY,
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -92,10 +99,7 @@ def train_rnn(
 ) -> None:
     """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
     teacher's logits."""
-    cfg = ScratchConfig(data=data, out=out, epochs=epochs, lr=lr, cell=cell, hidden=hidden, embed_dim=embed_dim,
-                        layers=layers, bidirectional=bidirectional, dropout=dropout, pooling=pooling,
-                        min_freq=min_freq, compile=compile, seed=seed, max_train_samples=max_train_samples,
-                        batch_size=batch_size, device=device, overwrite=overwrite, progress=progress)
+    cfg = ScratchConfig(**locals())  # every option is a field of the config
     _report(run(cfg), "student from scratch", out)
 
 

@@ -15,11 +15,13 @@ from kdfast.evaluate import evaluate_run
 @app.command("eval")
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
-    data: str | None = typer.Option(None, help="CoLA source; defaults to the data the run was trained on."),
+    data: str | None = typer.Option(None, help="Data to score on (as --data of train); default: the run's own. "
+                                    "Its label names must be the run's."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Accuracy and Matthews correlation on CoLA dev (1,043 sentences) and its in- and out-of-domain halves."""
+    """Accuracy, Matthews correlation and macro-F1 on the dev set (CoLA: 1,043 sentences, and its in- and
+    out-of-domain halves)."""
     report = evaluate_run(run_dir, data, device)
     if json_out:
         print(json.dumps(report, indent=2))

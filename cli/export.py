@@ -72,7 +72,7 @@ def export_command(
     triton_name: str | None = typer.Option(None, help="Model name in --triton-repo; default the run folder's name."),
     atol: float = typer.Option(1e-4, help="Max |Δlogit| between PyTorch and the fp32 ONNX models."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity checks (not recommended)."),
-    data: str | None = typer.Option(None, help="CoLA source for the checks; defaults to the run's data."),
+    data: str | None = typer.Option(None, help="Data for the checks (as --data of train); default: the run's own."),
 ) -> None:
     """Export a run's model to ONNX and prove it equal to PyTorch on the whole CoLA dev set."""
     if not onnx:

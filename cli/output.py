@@ -10,14 +10,18 @@ from rich.table import Table
 console = Console()
 
 
+COLUMNS = {"dev_acc": "dev acc", "dev_mcc": "dev MCC", "dev_f1": "dev F1", "dev_in_domain_acc": "in-domain acc",
+           "dev_in_domain_mcc": "in-domain MCC", "dev_out_of_domain_acc": "out-of-domain acc",
+           "dev_out_of_domain_mcc": "out-of-domain MCC"}
+
+
 def dev_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
-    """Accuracy and MCC on dev and its halves, one row per model."""
+    """Accuracy, MCC and macro-F1 on dev (and CoLA's halves), one row per model; a score a row lacks is blank."""
+    keys = [k for k in COLUMNS if any(k in r for _, r in rows)]
     table = Table(title=title)
     table.add_column("model")
-    for col in ("dev acc", "dev MCC", "in-domain acc", "in-domain MCC", "out-of-domain acc", "out-of-domain MCC"):
-        table.add_column(col, justify="right")
+    for k in keys:
+        table.add_column(COLUMNS[k], justify="right")
     for name, r in rows:
-        table.add_row(name, *(f"{r[k]:.4f}" for k in (
-            "dev_acc", "dev_mcc", "dev_in_domain_acc", "dev_in_domain_mcc", "dev_out_of_domain_acc",
-            "dev_out_of_domain_mcc")))
+        table.add_row(name, *(f"{r[k]:.4f}" if k in r else "" for k in keys))
     return table

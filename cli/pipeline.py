@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kdfast.cli import options
 from kdfast.cli.main import app
 from kdfast.cli.output import console
 from kdfast.pipeline import PipelineConfig
@@ -15,7 +16,10 @@ from kdfast.pipeline import run as run_pipeline
 @app.command("pipeline")
 def pipeline_command(
     model: str = typer.Option("gpt2", help="The teacher's backbone: Hugging Face name or local folder."),
-    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    data: str = options.DATA,
+    dev_data: str | None = options.DEV_DATA,
+    text_column: str | None = options.TEXT_COLUMN,
+    label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs"), help="Folder for every stage's run folder and the bench results."),
     preset: str = typer.Option("quick", help="quick: minutes on a CPU with a small backbone; full: the README's "
                                              "results."),
@@ -25,8 +29,7 @@ def pipeline_command(
 ) -> None:
     """Everything, once: teacher, students, ONNX export (fp32 and int8) and the benchmark. Re-running resumes:
     stages whose outputs exist and were made with the same configuration are skipped."""
-    result = run_pipeline(PipelineConfig(model=model, data=data, out=out, preset=preset, device=device, seed=seed,
-                                         progress=progress))
+    result = run_pipeline(PipelineConfig(**locals()))  # every option is a field of the config
     from kdfast.cli.bench import results_table, wide_console
     from kdfast.runs import read_json
 

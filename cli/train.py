@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kdfast.cli import options
 from kdfast.cli.main import train_app
 from kdfast.cli.output import console, dev_table
 from kdfast.teacher import TeacherConfig
@@ -15,7 +16,10 @@ from kdfast.teacher import run as run_teacher
 @train_app.command("lora")
 def train_lora(
     model: str = typer.Option("gpt2", help="Hugging Face model name or local folder (any sequence classifier)."),
-    data: str = typer.Option("cola", help="'cola' (the Hub's nyu-mll/glue) or a folder with CoLA's .tsv files."),
+    data: str = options.DATA,
+    dev_data: str | None = options.DEV_DATA,
+    text_column: str | None = options.TEXT_COLUMN,
+    label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs/teacher"), help="Run folder to write."),
     epochs: int = typer.Option(5),
     lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, linear warm-up and decay)."),
@@ -25,6 +29,7 @@ def train_lora(
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64, help="Longest input in tokens."),
     seed: int = typer.Option(0),
+    select_by: str = options.SELECT_BY,
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     fused_lora: bool = typer.Option(False, help="Fused Triton LoRA kernel for the unmerged layers (CUDA)."),
@@ -32,12 +37,9 @@ def train_lora(
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
-    """Fine-tune a classifier with LoRA on CoLA: the teacher. Writes metrics.json, adapter/, merged/, curves.png."""
-    cfg = TeacherConfig(model=model, data=data, out=out, epochs=epochs, lr=lr, rank=rank, alpha=alpha,
-                        lora_dropout=lora_dropout, batch_size=batch_size, max_length=max_length, seed=seed,
-                        max_train_samples=max_train_samples, device=device, fused_lora=fused_lora,
-                        group_by_length=group_by_length,
-                        overwrite=overwrite, progress=progress)
+    """Fine-tune a classifier with LoRA on CoLA or your data: the teacher. Writes metrics.json, adapter/, merged/,
+    curves.png."""
+    cfg = TeacherConfig(**locals())  # every option is a field of the config
     metrics = run_teacher(cfg)
     best = metrics["best"]
     console.print(dev_table(f"teacher, best epoch {best['epoch']}", [(model, best)]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -46,3 +47,12 @@ def length_sorted_batches(seqs: Sequence[Sequence[int]], batch_size: int) -> Ite
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for i in range(0, len(order), batch_size):
         yield order[i : i + batch_size]
+
+
+def in_order(parts: list[tuple[list[int], np.ndarray]], n: int) -> np.ndarray:
+    """Rows (B, C) of batches taken in any order, put back in the order of their indices: (n, C)."""
+    width = parts[0][1].shape[1] if parts else 0
+    out = np.zeros((n, width), dtype=np.float32)
+    for idx, rows in parts:
+        out[idx] = rows
+    return out

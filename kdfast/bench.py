@@ -95,7 +95,7 @@ import torch
 from rich.console import Console
 
 from kdfast import __version__
-from kdfast.batching import length_sorted_batches, pad_batch
+from kdfast.batching import in_order, length_sorted_batches, pad_batch
 from kdfast.bench_variants import (
     VARIANTS,
     Loaded,
@@ -106,9 +106,9 @@ from kdfast.bench_variants import (
     teacher_builders,
     teacher_inputs,
 )
-from kdfast.data import Example, load_cola, subsample
+from kdfast.data import Dataset, dataset_from_config, subsample
 from kdfast.errors import KdfastError, first_line, require
-from kdfast.runs import METRICS_FILE, read_json, read_run_info
+from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
 from kdfast.teacher import score_dev
 from kdfast.training import resolve_device
 
@@ -210,12 +210,12 @@ def timed_batches(ids: list[list[int]], pad_id: int, batch_size: int) -> list[tu
 
 @torch.no_grad()
 def dev_logits(loaded: Loaded, ids: list[list[int]], pad_id: int) -> np.ndarray:
-    """Logits (N, 2) over ``ids``, batched as ``kdfast eval`` batches them."""
-    out = np.zeros((len(ids), 2), dtype=np.float32)
+    """Logits (N, C) over ``ids``, batched as ``kdfast eval`` batches them."""
+    parts = []
     for idx in length_sorted_batches(ids, DEV_BATCH_SIZE):
         input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-        out[idx] = loaded.fetch(loaded.forward(*loaded.prepare(input_ids, mask)))
-    return out
+        parts.append((idx, loaded.fetch(loaded.forward(*loaded.prepare(input_ids, mask)))))
+    return in_order(parts, len(ids))
 
 
 # --- meta
@@ -372,12 +372,16 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     names = [p.name for _, p in runs]
     if len(set(names)) != len(names):
         raise KdfastError(f"two runs share a folder name ({', '.join(names)}); rows are named by it")
-    data = cfg.data or str(read_json(runs[0][1] / METRICS_FILE)["config"]["data"])
-    cola = load_cola(data)
-    dev: list[Example] = cola.dev
-    timed = [e.sentence for e in subsample(dev, cfg.timed_sentences, seed=0)]
-    sentences = [e.sentence for e in dev]
-    report: dict[str, Any] = {"meta": meta(cfg, device, threads, cola.source, len(dev), len(timed)), "results": [],
+    labels = run_labels(runs[0][1])
+    for _, run_dir in runs[1:]:
+        if run_labels(run_dir) != labels:
+            raise KdfastError(f"{run_dir} has labels {run_labels(run_dir)}, {runs[0][1]} has {labels}: bench compares "
+                              "runs of one dataset")
+    data = dataset_from_config(read_json(runs[0][1] / METRICS_FILE)["config"], cfg.data, labels)
+    dev = data.dev
+    timed = [e.text for e in subsample(dev, cfg.timed_sentences, seed=0)]
+    sentences = [e.text for e in dev]
+    report: dict[str, Any] = {"meta": meta(cfg, device, threads, data.source, len(dev), len(timed)), "results": [],
                               "skipped": [], "ratios": []}
     wanted = set(cfg.variants or VARIANTS)
     sync = sync_fn(device)
@@ -392,7 +396,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             labels: dict[str, np.ndarray] = {}  # dev predictions of each variant measured
             for variant, build in builders:
                 if variant in wanted:
-                    logits = measure_variant(cfg, variant, build, inputs, dev, sync, say, report)
+                    logits = measure_variant(cfg, variant, build, inputs, data, sync, say, report)
                     if logits is not None:
                         labels[variant] = logits.argmax(-1)
             reference = labels.get(REFERENCE[kind])
@@ -411,14 +415,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def measure_variant(cfg: BenchConfig, variant: str, build: Callable[[], Loaded], inputs: ModelInputs,
-                    dev: list[Example], sync: Callable[[], None], say: Callable[..., None],
+                    data: Dataset, sync: Callable[[], None], say: Callable[..., None],
                     report: dict[str, Any]) -> np.ndarray | None:
     """Build one variant, score it on dev, time it at every batch size; append its rows (or its skip) to
     ``report``. Returns its dev logits, or None when it was skipped."""
     start = time.perf_counter()
     try:
         loaded = build()
-        say(f"  {variant}: scoring the {len(dev)} dev sentences")
+        say(f"  {variant}: scoring the {len(data.dev)} dev sentences")
         logits = dev_logits(loaded, inputs.dev, inputs.pad_id)
     except Skip as e:
         say(f"  [yellow]{variant}: skipped[/] ({e})")
@@ -433,7 +437,7 @@ def measure_variant(cfg: BenchConfig, variant: str, build: Callable[[], Loaded],
         say(f"  [yellow]{variant}: skipped[/] ({reason})")
         report["skipped"].append({"model": inputs.name, "variant": variant, "reason": reason})
         return None
-    scores = score_dev(logits, dev)
+    scores = score_dev(logits, data)
     setup_s = time.perf_counter() - start
     for batch_size in cfg.batch_sizes:
         batches = timed_batches(inputs.timed, inputs.pad_id, batch_size)

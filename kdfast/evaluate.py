@@ -1,4 +1,5 @@
-"""``kdfast eval``: accuracy and MCC of any run folder (teacher or student) on CoLA dev and its two halves."""
+"""``kdfast eval``: accuracy, MCC and macro-F1 of any run folder (teacher or student) on its dev set (and, for CoLA,
+on its two halves)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdfast.data import load_cola
-from kdfast.runs import METRICS_FILE, read_json, read_run_info
+from kdfast.data import dataset_from_config
+from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
 from kdfast.teacher import encode, load_teacher, predict_logits, score_dev
 from kdfast.training import resolve_device
 
 
 def run_logits(run_dir: Path, sentences: list[str], device: torch.device) -> np.ndarray:
-    """Logits (N, 2) of a run's model for ``sentences``: the merged teacher, or the student."""
+    """Logits (N, C) of a run's model for ``sentences``: the merged teacher, or the student."""
     info = read_run_info(run_dir)
     if info["kind"] == "teacher":
         model, tokenizer = load_teacher(run_dir)
@@ -28,11 +29,10 @@ def run_logits(run_dir: Path, sentences: list[str], device: torch.device) -> np.
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Dev metrics of a run; ``data`` defaults to the data the run was trained on."""
+    """Dev metrics of a run; ``data`` defaults to the data the run was trained on. Label ids are the run's own."""
     info = read_run_info(run_dir)
-    if data is None:
-        data = read_json(Path(run_dir) / METRICS_FILE)["config"]["data"]
-    cola = load_cola(data)
-    logits = run_logits(Path(run_dir), [e.sentence for e in cola.dev], resolve_device(device))
-    return {"run": str(run_dir), "kind": info["kind"], "mode": info.get("mode"), "data": cola.source,
-            "dev": len(cola.dev), **score_dev(logits, cola.dev)}
+    config = read_json(Path(run_dir) / METRICS_FILE)["config"]
+    dataset = dataset_from_config(config, data, run_labels(run_dir))
+    logits = run_logits(Path(run_dir), [e.text for e in dataset.dev], resolve_device(device))
+    return {"run": str(run_dir), "kind": info["kind"], "mode": info.get("mode"), "data": dataset.source,
+            "labels": dataset.labels, "dev": len(dataset.dev), **score_dev(logits, dataset)}

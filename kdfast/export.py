@@ -2,13 +2,13 @@
 
 One stage, shaped setup → export → variants → check → save (``run``). It writes ``RUN_DIR/onnx`` (or ``--out``)::
 
-    model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, 2]
+    model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, C]
     model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused attention, LayerNorm, Gelu, ...)
     model.int8.onnx     --int8: dynamic quantization (int8 weights, activations quantized per batch), for the CPU
     model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
     tokenizer/ or vocab.json   what turns a sentence into input_ids
-    manifest.json       source run, exporter, opset, inputs/outputs and their dynamic axes, versions, sha256 of
-                        every file, parity results
+    manifest.json       source run, label names (``labels[id]``), exporter, opset, inputs/outputs and their
+                        dynamic axes, versions, sha256 of every file, parity results
 
 The exporter is TorchScript's (``torch.onnx.export(dynamo=False)``), deprecated since torch 2.9 but right for all our
 models in torch 2.13: the dynamo exporter's opset-17 graph of GPT-2 fails ONNX Runtime's checker (a ``Split`` with
@@ -47,11 +47,12 @@ from torch import nn
 
 from kdfast import __version__
 from kdfast.batching import pad_batch
-from kdfast.data import Example, load_cola, subsample
+from kdfast.data import dataset_from_config, subsample
+from kdfast.data.dataset import Targets, targets
 from kdfast.errors import KdfastError, require
 from kdfast.lora import unwrap_merged
 from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
-from kdfast.runs import METRICS_FILE, read_json, read_run_info, staged_dir, write_json
+from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels, staged_dir, write_json
 from kdfast.teacher import encode, load_teacher
 
 MANIFEST = "manifest.json"
@@ -113,10 +114,10 @@ class ParityError(KdfastError):
 
 @dataclass
 class ExportSource:
-    """What export needs of a run: a module from int64 token ids to logits (B, 2), and how to make the ids."""
+    """What export needs of a run: a module from int64 token ids to logits (B, C), and how to make the ids."""
 
     kind: str  # teacher | student
-    module: nn.Module  # forward(*inputs, in the order of input_names) -> logits (B, 2)
+    module: nn.Module  # forward(*inputs, in the order of input_names) -> logits (B, C)
     input_names: list[str]
     encode: Callable[[list[str]], list[list[int]]]
     pad_id: int
@@ -136,7 +137,7 @@ class ExportSource:
 
 
 class ClassifierLogits(nn.Module):
-    """A Hugging Face sequence classifier called with keywords only: logits (B, 2) from (input_ids, attention_mask).
+    """A Hugging Face sequence classifier called with keywords only: logits (B, C) from (input_ids, attention_mask).
 
     transformers 5's GPT-2 takes ``past_key_values`` second, so a positional mask would land there; no cache either.
     """
@@ -147,7 +148,7 @@ class ClassifierLogits(nn.Module):
         self.kwargs = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # input_ids, attention_mask: (B, T) int64 -> logits (B, 2)
+        # input_ids, attention_mask: (B, T) int64 -> logits (B, C)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **self.kwargs).logits
 
 
@@ -189,12 +190,12 @@ class StudentLogits(nn.Module):
         self.model, self.pad_id = model, pad_id
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # input_ids: (B, T) int64, right-padded with pad_id -> logits (B, 2)
+        # input_ids: (B, T) int64, right-padded with pad_id -> logits (B, C)
         return self.model(input_ids, (input_ids != self.pad_id).long())
 
 
 def load_student_for_export(run_dir: Path) -> tuple[nn.Module, Callable[[list[str]], list[list[int]]], int]:
-    """(module taking input_ids (B, T) int64 -> logits (B, 2), encode(sentences) -> ids, pad id) of a student run.
+    """(module taking input_ids (B, T) int64 -> logits (B, C), encode(sentences) -> ids, pad id) of a student run.
 
     The one place that knows ``kdfast.student`` (branch ``student``): ``load_student(run_dir) -> (DistilRNN on the
     CPU in eval mode, WordVocab, max_length)``, ``DistilRNN(input_ids, attention_mask) -> logits``,
@@ -268,8 +269,8 @@ def export_onnx(source: ExportSource, path: Path, opset: int) -> None:
                           do_constant_folding=True)
 
 
-def check_graph(path: Path, input_names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The ONNX graph is valid and has the interface we promise: inputs (batch, seq) int64, logits (batch, 2)."""
+def check_graph(path: Path, input_names: list[str], num_labels: int) -> dict[str, list[dict[str, Any]]]:
+    """The ONNX graph is valid and has the interface we promise: inputs (batch, seq) int64, logits (batch, C)."""
     import onnx
 
     from kdfast.triton_repo import graph_io
@@ -284,9 +285,9 @@ def check_graph(path: Path, input_names: list[str]) -> dict[str, list[dict[str, 
             problems.append(f"input {i['name']} is {i['dtype']} {i['shape']}, expected int64 [batch, seq]")
     outs = io["outputs"]
     if len(outs) != 1 or outs[0]["name"] != "logits" or outs[0]["dtype"] != "float" or \
-            len(outs[0]["shape"]) != 2 or not isinstance(outs[0]["shape"][0], str) or outs[0]["shape"][1] != 2:
+            len(outs[0]["shape"]) != 2 or not isinstance(outs[0]["shape"][0], str) or outs[0]["shape"][1] != num_labels:
         problems.append(f"outputs {[(o['name'], o['dtype'], o['shape']) for o in outs]}, expected logits "
-                        "float [batch, 2]")
+                        f"float [batch, {num_labels}]")
     if problems:
         raise KdfastError(f"exported graph {path.name}: " + "; ".join(problems) + " (a frozen axis?)")
     return {k: [{n: v for n, v in t.items() if n != "elem_type"} for t in ts] for k, ts in io.items()}
@@ -400,24 +401,24 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.optimize and source.optimizer_type is None:
         raise KdfastError(f"--optimize: ONNX Runtime's transformer optimizer has nothing to fuse in a "
                           f"{source.meta.get('model_type') or source.meta['architecture']} model")
-    dev: list[Example] = []
+    labels = run_labels(run_dir)
+    dev: list[str] = []
+    dev_targets: Targets = (np.zeros(0, dtype=np.int64), None)
     data_source = None
     if cfg.check:
-        data = cfg.data
-        if data is None:
-            try:
-                data = str(read_json(run_dir / METRICS_FILE)["config"]["data"])
-            except (KeyError, TypeError):
-                raise KdfastError(f"{run_dir / METRICS_FILE}: no config.data; pass --data") from None
-        cola = load_cola(data)
-        dev, data_source = subsample(cola.dev, cfg.max_check_sentences, seed=0), cola.source
+        config = read_json(run_dir / METRICS_FILE).get("config")
+        if not isinstance(config, dict) or (cfg.data is None and "data" not in config):
+            raise KdfastError(f"{run_dir / METRICS_FILE}: no config.data; pass --data")
+        dataset = dataset_from_config(config, cfg.data, labels)
+        examples = subsample(dataset.dev, cfg.max_check_sentences, seed=0)
+        dev, dev_targets, data_source = [e.text for e in examples], targets(examples, dataset.halves), dataset.source
     plan = variant_plan(cfg)
 
     with staged_dir(out, overwrite=True) as tmp:
         # --- export and variants
         say(f"exporting {run_dir} ({source.meta['architecture']}) to ONNX, opset {cfg.opset}")
         export_onnx(source, tmp / MODEL_FILES["fp32"], cfg.opset)
-        io = check_graph(tmp / MODEL_FILES["fp32"], source.input_names)
+        io = check_graph(tmp / MODEL_FILES["fp32"], source.input_names, len(labels))
         fused: dict[str, int] | None = None
         for v in plan[1:]:
             say(f"writing {v['file']} from {v['from']}")
@@ -431,12 +432,13 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         source.save_preprocessing(tmp)
 
         # --- check
-        parity = check_all(cfg, source, tmp, plan, dev, data_source, say)
+        parity = check_all(cfg, source, tmp, plan, dev, dev_targets, data_source, say)
 
         # --- save
         manifest: dict[str, Any] = {
             "source_run": {"path": str(run_dir.resolve()), "kind": info["kind"], "mode": info.get("mode"),
                            "run": info, **source.meta},
+            "labels": labels,
             "exporter": {"name": "torchscript", "call": "torch.onnx.export(dynamo=False)",
                          "why": "torch 2.13's dynamo exporter: GPT-2 at opset 17 fails ORT's checker, ORT's GPT-2 "
                                 "optimizer crashes on its graph, GRU/LSTM reported wrong"},
@@ -475,14 +477,15 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
 
 def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[dict[str, Any]],
-              dev: list[Example], data_source: str | None, say: Callable[..., None]) -> dict[str, Any]:
+              dev: list[str], dev_targets: Targets, data_source: str | None, say: Callable[..., None]
+              ) -> dict[str, Any]:
     """Every variant against PyTorch on ``dev``; fp16 on CUDA when ONNX Runtime has it, else on the CPU, said so."""
     if not cfg.check:
         return {"checked": False, "passed": None, "note": "--no-check: nothing was compared with PyTorch"}
     import onnxruntime as ort
 
     say(f"checking against PyTorch on {len(dev)} dev sentences ({data_source})")
-    ids = source.encode([e.sentence for e in dev])
+    ids = source.encode(dev)
     want = torch_logits(source.module, ids, source.pad_id, source.input_names, cfg.batch_size)
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     rows = []
@@ -494,7 +497,7 @@ def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[
                 result.note = "no CUDA here: checked on ONNX Runtime's CPU provider, not the GPU it is meant for"
         try:
             rows.append(check_variant(result, folder / v["file"], source.module, ids, source.pad_id,
-                                      source.input_names, want, dev, cfg.atol, cfg.batch_size))
+                                      source.input_names, want, dev_targets, cfg.atol, cfg.batch_size))
         except KdfastError as e:
             # Only a missing CPU kernel excuses fp16; a graph ORT rejects for any other reason is a failure.
             if v["variant"] != "fp16" or cuda or "NOT_IMPLEMENTED" not in str(e):
@@ -504,7 +507,7 @@ def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[
             rows.append({**result.__dict__, "rule": result.rule, "shapes": []})
     passed = all(r["passed"] for r in rows if r["checked"])
     return {"checked": True, "passed": passed, "data": data_source, "sentences": len(dev), "atol": cfg.atol,
-            "pytorch": reference_row(want, dev), "variants": rows}
+            "pytorch": reference_row(want, dev_targets), "variants": rows}
 
 
 def _version(dist: str) -> str | None:
@@ -515,7 +518,7 @@ def _version(dist: str) -> str | None:
 
 
 def logits_from_onnx(folder: Path, sentences: list[str], variant: str = "fp32") -> np.ndarray:
-    """Logits (N, 2) of an exported model for ``sentences``, preprocessing as the manifest says (teacher exports)."""
+    """Logits (N, C) of an exported model for ``sentences``, preprocessing as the manifest says (teacher exports)."""
     from kdfast.onnx_parity import onnx_logits, session
 
     manifest = read_json(Path(folder) / MANIFEST)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdfast.batching import length_sorted_batches, pad_batch
-from kdfast.data import Example
+from kdfast.batching import in_order, length_sorted_batches, pad_batch
+from kdfast.data.dataset import Targets
 from kdfast.errors import KdfastError
 from kdfast.metrics import dev_report
 
@@ -60,23 +60,24 @@ def session(path: Path, provider: str = "CPUExecutionProvider") -> Any:
 @torch.no_grad()
 def torch_logits(module: nn.Module, ids: list[list[int]], pad_id: int, input_names: Sequence[str],
                  batch_size: int = 64) -> np.ndarray:
-    """Logits (N, 2) of the exported module itself, batched by length."""
-    out = np.zeros((len(ids), 2), dtype=np.float32)
+    """Logits (N, C) of the exported module itself, batched by length."""
+    parts = []
     for idx in length_sorted_batches(ids, batch_size):
         input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
         inputs = {"input_ids": input_ids, "attention_mask": mask}
-        out[idx] = module(*(inputs[n] for n in input_names)).float().numpy()
-    return out
+        parts.append((idx, module(*(inputs[n] for n in input_names)).float().numpy()))
+    return in_order(parts, len(ids))
+
 
 
 def onnx_logits(sess: Any, ids: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
-    """Logits (N, 2) from an ONNX Runtime session, batched as :func:`torch_logits` batches."""
+    """Logits (N, C) from an ONNX Runtime session, batched as :func:`torch_logits` batches."""
     names = [i.name for i in sess.get_inputs()]
-    out = np.zeros((len(ids), 2), dtype=np.float32)
+    parts = []
     for idx in length_sorted_batches(ids, batch_size):
         input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
-        out[idx] = sess.run(["logits"], feeds(input_ids, mask, names))[0]
-    return out
+        parts.append((idx, sess.run(["logits"], feeds(input_ids, mask, names))[0]))
+    return in_order(parts, len(ids))
 
 
 @dataclass
@@ -116,15 +117,14 @@ def check_shapes(sess: Any, module: nn.Module, ids: list[list[int]], pad_id: int
             inputs = {"input_ids": input_ids, "attention_mask": mask}
             want = module(*(inputs[n] for n in input_names)).float().numpy()
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
-        ok = got.shape == (batch, 2) and (atol is None or diff <= atol)
+        ok = got.shape == want.shape == (batch, want.shape[1]) and (atol is None or diff <= atol)
         rows.append({**row, "ok": ok, "output_shape": list(got.shape), "max_abs_diff": diff})
     return rows
 
 
-def compare(result: VariantResult, got: np.ndarray, want: np.ndarray, dev: list[Example], atol: float) -> None:
+def compare(result: VariantResult, got: np.ndarray, want: np.ndarray, dev: Targets, atol: float) -> None:
     """Fill ``result`` with agreement, max |Δlogit|, dev metrics and the verdict."""
-    labels = np.array([e.label for e in dev])
-    in_domain = np.array([e.in_domain for e in dev])
+    labels, in_domain = dev
     result.agreement = float((got.argmax(-1) == want.argmax(-1)).mean())
     result.max_abs_diff = float(np.abs(got - want).max())
     result.metrics = dev_report(got.argmax(-1), labels, in_domain)
@@ -136,7 +136,7 @@ def compare(result: VariantResult, got: np.ndarray, want: np.ndarray, dev: list[
 
 
 def check_variant(result: VariantResult, path: Path, module: nn.Module, ids: list[list[int]], pad_id: int,
-                  input_names: Sequence[str], want: np.ndarray, dev: list[Example], atol: float,
+                  input_names: Sequence[str], want: np.ndarray, dev: Targets, atol: float,
                   batch_size: int = 64) -> dict[str, Any]:
     """Shapes, then the whole of ``dev``, for one ONNX file; returns the result as a dict (with its shape rows)."""
     try:
@@ -154,8 +154,7 @@ def check_variant(result: VariantResult, path: Path, module: nn.Module, ids: lis
     return {**asdict(result), "rule": result.rule, "shapes": shapes}
 
 
-def reference_row(want: np.ndarray, dev: list[Example]) -> dict[str, Any]:
+def reference_row(want: np.ndarray, dev: Targets) -> dict[str, Any]:
     """PyTorch's own dev metrics, the row every variant is compared with."""
-    labels = np.array([e.label for e in dev])
-    in_domain = np.array([e.in_domain for e in dev])
+    labels, in_domain = dev
     return {"variant": "pytorch", "metrics": dev_report(want.argmax(-1), labels, in_domain)}

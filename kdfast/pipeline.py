@@ -34,7 +34,10 @@ PRESETS = ("quick", "full")
 @dataclass
 class PipelineConfig:
     model: str = "gpt2"  # the teacher's backbone: Hub name or local folder
-    data: str = "cola"  # "cola" (the Hub) or a folder with CoLA's .tsv files
+    data: str = "cola"  # "cola" (bundled), a folder, a CSV/TSV/JSON Lines file, or hub:NAME (kdfast.data)
+    dev_data: str | None = None  # the dev file when --data is one training file
+    text_column: str | None = None  # default: text, else sentence
+    label_column: str | None = None  # default: label
     out: Path = Path("runs")  # every stage's run folder goes under here
     preset: str = "quick"  # quick: minutes on a laptop CPU with a small backbone; full: the README's results
     device: str = "auto"
@@ -72,7 +75,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
     out = Path(cfg.out)
     quick = cfg.preset == "quick"
-    common = {"data": cfg.data, "device": cfg.device, "seed": cfg.seed, "overwrite": True, "progress": False}
+    common = {"data": cfg.data, "dev_data": cfg.dev_data, "text_column": cfg.text_column,
+              "label_column": cfg.label_column, "device": cfg.device, "seed": cfg.seed, "overwrite": True,
+              "progress": False}
     if quick:  # a small subset and few epochs: minutes on a CPU with a small backbone
         teacher = TeacherConfig(model=cfg.model, out=out / "teacher", epochs=1, max_train_samples=1000, **common)
         student_kw: dict[str, Any] = {"epochs": 2, "max_train_samples": 1000}
@@ -82,9 +87,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         teacher = TeacherConfig(model=cfg.model, out=out / "teacher", rank=16, alpha=32, lr=5e-4, epochs=10,
                                 group_by_length=True, **common)
         student_kw, bench_kw = {"epochs": 8}, {"threads": 2}
-    # the README's distilled student: a transfer set, and the teacher's sentence representation fitted
-    transfer = {} if quick else {"augment": 4, "feature_weight": 1.0}
-    student = DistillConfig(teacher=teacher.out, out=out / "student", **transfer, **student_kw, **common)
+    # distill's defaults are the README's recipe: a transfer set, and the teacher's sentence representation fitted
+    student = DistillConfig(teacher=teacher.out, out=out / "student", **student_kw, **common)
     rnn = ScratchConfig(out=out / "rnn", **student_kw, **common)
     stages = [
         Stage("teacher", teacher, [teacher.out / "metrics.json"], run_teacher),
@@ -94,13 +98,14 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     say = Console(stderr=True, quiet=not cfg.progress).print
     for name, run_dir in (("teacher", teacher.out), ("student", student.out), ("rnn", rnn.out)):
         # fp32 and int8 (and the optimized teacher, which bench also times); a refused int8 is a note, not a stop
-        export = ExportConfig(run_dir=run_dir, int8=True, optimize=name == "teacher", data=cfg.data, progress=False)
+        # export and bench score each run on the data it was trained on (its config says which)
+        export = ExportConfig(run_dir=run_dir, int8=True, optimize=name == "teacher", progress=False)
         stages.append(Stage(f"export-{name}", export, [run_dir / "onnx" / "manifest.json"],
                             lambda c: run_dropping_failed_int8(c, say), [name]))
     bench_dir = out / "bench"
-    bench = BenchConfig(teacher=teacher.out, students=[student.out, rnn.out], data=cfg.data,
-                        device=cfg.device, json=bench_dir / "bench.json",
-                        md=bench_dir / "bench.md", csv=bench_dir / "bench.csv", plot=bench_dir / "bench.png",
+    bench = BenchConfig(teacher=teacher.out, students=[student.out, rnn.out], device=cfg.device,
+                        json=bench_dir / "bench.json", md=bench_dir / "bench.md", csv=bench_dir / "bench.csv",
+                        plot=bench_dir / "bench.png",
                         progress=False, **bench_kw)
     stages.append(Stage("bench", bench, [bench_dir / "bench.json"], run_bench, [s.name for s in stages]))
     return stages

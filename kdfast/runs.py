@@ -2,7 +2,8 @@
 
 ``train lora`` writes a teacher run, ``distill`` and ``train rnn`` write student runs; ``export``, ``bench`` and
 ``eval`` read them. Every run folder holds ``run.json`` (``{"kind": "teacher" | "student", "kdfast_version",
-"created"}``, students add ``"mode": "distill" | "scratch"``) and ``metrics.json``; the README's "Run folders"
+"created", "labels"}``, students add ``"mode": "distill" | "scratch"``; ``labels[i]`` names class id ``i``) and
+``metrics.json``; the README's "Run folders"
 section lists every file of each kind.
 
 A run is built in a hidden temporary folder beside ``--out`` and renamed into place only when complete, so a
@@ -29,6 +30,8 @@ from kdfast.errors import KdfastError
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 KINDS = ("teacher", "student")
+# Runs written before run.json named the labels were all CoLA runs: their ids are CoLA's classes.
+LEGACY_LABELS = ["unacceptable", "acceptable"]
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -96,3 +99,12 @@ def read_run_info(run_dir: Path, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and info["kind"] != kind:
         raise KdfastError(f"{run_dir}: a {info['kind']} run, expected a {kind} run")
     return info
+
+
+def run_labels(run_dir: Path) -> list[str]:
+    """The label names of a run (``labels[id]``), as fixed from its training data."""
+    info = read_run_info(run_dir)
+    labels = info.get("labels", LEGACY_LABELS)
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(n, str) for n in labels):
+        raise KdfastError(f"{Path(run_dir) / RUN_FILE}: 'labels' must be a list of two or more names")
+    return labels

@@ -1,6 +1,6 @@
 """The student: ``DistilRNN``, a word-level LSTM/GRU classifier small enough to be 1/20 of GPT-2 small and more.
 
-    word ids (B, T) ─ embedding ─ RNN (LSTM | GRU, layers, bi-directional) ─ masked pooling ─ linear ─ logits (B, 2)
+    word ids (B, T) ─ embedding ─ RNN (LSTM | GRU, layers, bi-directional) ─ masked pooling ─ linear ─ logits (B, C)
 
 The student after Tang et al. 2019, "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks"
 (https://arxiv.org/abs/1903.12136): a BiLSTM over word embeddings with a small head.
@@ -120,9 +120,11 @@ class StudentConfig:
     dropout: float = 0.2  # on the embeddings, between layers and before the head
     pooling: str = "max"  # mean | max | last (over valid steps only)
     pad_id: int = 0
+    num_labels: int = 2  # classes: the head's outputs
 
     def validate(self) -> None:
         checks = [
+            (self.num_labels >= 2, f"a classifier needs at least two classes, got {self.num_labels}"),
             (self.cell in CELLS, f"--cell must be lstm or gru, got {self.cell!r}"),
             (self.pooling in POOLINGS, f"--pooling must be mean, max or last, got {self.pooling!r}"),
             (self.embed_dim >= 1, f"--embed-dim must be at least 1, got {self.embed_dim}"),
@@ -210,7 +212,7 @@ class DistilRNN(nn.Module):
             for _ in range(cfg.directions)
         )
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden * cfg.directions, 2)
+        self.head = nn.Linear(cfg.hidden * cfg.directions, cfg.num_labels)
 
     @property
     def impl(self) -> str:
@@ -230,7 +232,7 @@ class DistilRNN(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_features: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, 2) of right-padded ``input_ids`` (B, T); ``attention_mask`` (B, T) is 1 on valid steps.
+        """Logits (B, C) of right-padded ``input_ids`` (B, T); ``attention_mask`` (B, T) is 1 on valid steps.
         With ``return_features``, also the pooled sentence vector the head reads (B, hidden · directions), which
         distillation's representation term (``--feature-weight``) fits to the teacher's."""
         cfg = self.cfg
@@ -250,7 +252,7 @@ class DistilRNN(nn.Module):
             if layer < cfg.layers - 1:
                 x = self.drop(x)
         z = self.drop(self.pool(x, attention_mask, lengths))  # (B, C)
-        return (self.head(z), z) if return_features else self.head(z)  # (B, 2)
+        return (self.head(z), z) if return_features else self.head(z)  # (B, C)
 
     def pool(self, x: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, C) → (B, C) over valid steps only."""
@@ -311,14 +313,14 @@ def pad_for_compile(input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int,
 @torch.no_grad()
 def predict_logits(model: nn.Module, ids: list[list[int]], device: torch.device, pad_id: int = 0,
                    batch_size: int = 64, bucket: bool = False) -> np.ndarray:
-    """Logits (N, 2) in the order of ``ids``, batched by length; ``bucket`` pads lengths for a compiled model."""
+    """Logits (N, C) in the order of ``ids``, batched by length; ``bucket`` pads lengths for a compiled model."""
     model.eval()
-    out = np.zeros((len(ids), 2), dtype=np.float32)
+    out = np.zeros((len(ids), model.cfg.num_labels), dtype=np.float32)  # a compiled model forwards .cfg
     for idx in length_sorted_batches(ids, batch_size):
         input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
         if bucket:
             input_ids, mask = pad_for_compile(input_ids, mask, pad_id)
-        out[idx] = model(input_ids.to(device), mask.to(device)).float().cpu().numpy()
+        out[idx] = model(input_ids.to(device), mask.to(device)).float().cpu().numpy()  # (B, C)
     return out
 
 
@@ -352,7 +354,7 @@ def load_student(run_dir: Path, impl: str = "nn") -> tuple[DistilRNN, WordVocab,
 
 
 def student_logits(run_dir: Path, sentences: list[str], device: torch.device, compile: bool = False) -> np.ndarray:
-    """Logits (N, 2) of a student run for ``sentences`` (``kdfast eval`` calls this for student runs)."""
+    """Logits (N, C) of a student run for ``sentences`` (``kdfast eval`` calls this for student runs)."""
     model, vocab, max_length = load_student(run_dir)
     model.to(device)
     ids = [vocab.encode(s, max_length) for s in sentences]

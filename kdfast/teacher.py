@@ -1,4 +1,5 @@
-"""The teacher: a Hugging Face sequence classifier (GPT-2 small by default) fine-tuned on CoLA with our LoRA.
+"""The teacher: a Hugging Face sequence classifier (GPT-2 small by default) fine-tuned with our LoRA, on CoLA or
+any single-sentence classification dataset (``kdfast.data``), two classes or more.
 
 One stage, shaped setup → train → save (``run``). The report this project grew from trained GPT-2 + LoRA with
 Adam at lr 1e-3 and predicted "acceptable" for every sentence (69.26% in-domain dev accuracy, MCC 0). The defaults
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
-from kdfast.data import Example, load_cola, subsample
+from kdfast.data import Dataset, load_dataset, subsample
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.lora import (
     count_parameters,
@@ -33,16 +34,29 @@ from kdfast.lora import (
     set_fused,
     unwrap_merged,
 )
-from kdfast.metrics import dev_report
+from kdfast.metrics import SELECT_BY, best_summary, improves, score_logits
 from kdfast.plots import plot_curves
-from kdfast.runs import METRICS_FILE, check_out_dir, read_json, read_run_info, staged_dir, write_json, write_run_info
+from kdfast.runs import (
+    METRICS_FILE,
+    check_out_dir,
+    read_json,
+    read_run_info,
+    run_labels,
+    staged_dir,
+    write_json,
+    write_run_info,
+)
 from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
 
 
 @dataclass
 class TeacherConfig:
     model: str = "gpt2"  # Hub name or local folder of any sequence-classification backbone
-    data: str = "cola"  # "cola" (Hub: nyu-mll/glue) or a folder with CoLA's .tsv files
+    data: str = "cola"  # "cola" (bundled), a folder, a CSV/TSV/JSON Lines file, or hub:NAME (kdfast.data)
+    dev_data: str | None = None  # the dev file when --data is one training file
+    text_column: str | None = None  # default: text, else sentence
+    label_column: str | None = None  # default: label
+    select_by: str = "mcc"  # the dev score that picks the best epoch: mcc | acc | f1
     out: Path = Path("runs/teacher")  # the run folder to write
     epochs: int = 5
     lr: float = 3e-4  # 1e-3 (the report's) collapses to the majority class
@@ -71,6 +85,7 @@ class TeacherConfig:
             (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
+            (self.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}"),
         ]
         require(checks)
         check_model_name(self.model)
@@ -83,6 +98,23 @@ def check_model_name(name: str) -> None:
         raise KdfastError(f"--model {name}: no such folder")
 
 
+def check_hub_model(name: str) -> None:
+    """A Hub model name (not a folder) must be in the local cache or the Hub reachable: fail in seconds, not after
+    half a minute of retries."""
+    if Path(name).expanduser().is_dir():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:  # not a valid repo name, or no cache: the Hub decides
+        pass
+    from kdfast.data.hub import require_hub
+
+    require_hub(f"--model {name}", "pass a local folder written by save_pretrained with --model DIR")
+
+
 def load_tokenizer(name: str) -> Any:
     """A model's tokenizer with a pad token (GPT-2: eos) and right padding."""
     import transformers
@@ -91,6 +123,7 @@ def load_tokenizer(name: str) -> Any:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     check_model_name(name)
+    check_hub_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
@@ -103,13 +136,19 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load_backbone(name: str, num_labels: int = 2) -> tuple[nn.Module, Any]:
-    """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding."""
+def load_backbone(name: str, labels: list[str] | None = None) -> tuple[nn.Module, Any]:
+    """A sequence classifier and its tokenizer, with a pad token (GPT-2: eos) and right padding. With ``labels``, a
+    head of ``len(labels)`` classes named by them (a new head when the checkpoint's has another size); without,
+    the checkpoint's own head (a saved teacher)."""
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(name)
+    # A checkpoint with a head for another number of classes gets a new one (ignore_mismatched_sizes).
+    named = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                                       "label2id": {n: i for i, n in enumerate(labels)},
+                                       "ignore_mismatched_sizes": True}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(name, **named)
     except Exception as e:
         raise KdfastError(f"--model {name}: could not load a sequence classifier ({first_line(e)})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -133,7 +172,7 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
 @torch.no_grad()
 def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device,
                     batch_size: int = 64, features: bool = True) -> dict[str, torch.Tensor]:
-    """``logits`` (N, 2) and, with ``features``, ``features`` (N, d), in the order of ``ids``, batched by length:
+    """``logits`` (N, C) and, with ``features``, ``features`` (N, d), in the order of ``ids``, batched by length:
     the teacher's logits and the vector its classification layer turned into them (BERT's pooled [CLS], GPT-2's
     last real token). A layer that scores every position (GPT-2's) gives, for each sentence, the position whose
     output is the model's logits."""
@@ -142,7 +181,7 @@ def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device:
     hook = None
     if features:  # the classification layer's input, caught on its way in
         hook = classifier_layer(model).register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
-    logits_out, features_out = torch.zeros(len(ids), 2), None
+    logits_out, features_out = torch.zeros(len(ids), model.config.num_labels), None
     try:
         for idx in length_sorted_batches(ids, batch_size):
             input_ids, mask = pad_batch([ids[i] for i in idx], pad_id)
@@ -166,22 +205,13 @@ def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device:
 def predict_logits(
     model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
-    """Logits (N, 2) in the order of ``ids``, batched by length."""
+    """Logits (N, C) in the order of ``ids``, batched by length."""
     return teacher_outputs(model, ids, pad_id, device, batch_size, features=False)["logits"].numpy()
 
 
-def score_dev(logits: np.ndarray, dev: list[Example]) -> dict[str, float]:
-    """Loss, accuracy and MCC on dev and its two halves."""
-    labels = np.array([e.label for e in dev])
-    in_domain = np.array([e.in_domain for e in dev])
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    return {"dev_loss": loss, **dev_report(logits.argmax(-1), labels, in_domain)}
-
-
-def best_summary(epoch: int, report: dict[str, float]) -> dict[str, float | int]:
-    keys = ["dev_acc", "dev_mcc", "dev_in_domain_acc", "dev_in_domain_mcc", "dev_out_of_domain_acc",
-            "dev_out_of_domain_mcc"]
-    return {"epoch": epoch, **{k: report[k] for k in keys}}
+def score_dev(logits: np.ndarray, data: Dataset) -> dict[str, float]:
+    """Loss, accuracy, MCC and macro-F1 on dev (and on its two halves, for CoLA)."""
+    return score_logits(logits, *data.dev_targets())
 
 
 def run(cfg: TeacherConfig) -> dict[str, Any]:
@@ -192,9 +222,9 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     check_out_dir(cfg.out, cfg.overwrite)
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
-    data = load_cola(cfg.data)
+    data = load_dataset(cfg.data, cfg.dev_data, cfg.text_column, cfg.label_column)
     train = subsample(data.train, cfg.max_train_samples, cfg.seed)
-    model, tokenizer = load_backbone(cfg.model)
+    model, tokenizer = load_backbone(cfg.model, data.labels)
     try:
         inject_lora(model, cfg.rank, cfg.alpha, cfg.lora_dropout)
     except ValueError as e:
@@ -204,9 +234,9 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     model.to(device)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    train_ids = encode(tokenizer, [e.sentence for e in train], cfg.max_length)
+    train_ids = encode(tokenizer, [e.text for e in train], cfg.max_length)
     train_labels = torch.tensor([e.label for e in train])
-    dev_ids = encode(tokenizer, [e.sentence for e in data.dev], cfg.max_length)
+    dev_ids = encode(tokenizer, [e.text for e in data.dev], cfg.max_length)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     optimizer, scheduler = adamw_with_warmup(
         params, cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
@@ -241,14 +271,14 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                 seen += len(idx)
                 rate = seen / (time.perf_counter() - start)
                 bar.update(task, advance=len(idx), loss=loss_sum / seen, rate=rate)
-            report = score_dev(predict_logits(model, dev_ids, tokenizer.pad_token_id, device), data.dev)
+            report = score_dev(predict_logits(model, dev_ids, tokenizer.pad_token_id, device), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                             "train_sentences_per_s": seen / (time.perf_counter() - start), **report})
             bar.console.print(
                 f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
-                f"dev MCC {report['dev_mcc']:.4f}"
+                f"dev MCC {report['dev_mcc']:.4f}, dev F1 {report['dev_f1']:.4f}"
             )
-            if best is None or report["dev_mcc"] > best["dev_mcc"]:
+            if improves(report, best, cfg.select_by):
                 best = best_summary(epoch, report)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert best is not None
@@ -264,8 +294,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
         "trainable_params": trainable,
         "total_params": total,
         "config": {**asdict(cfg), "out": str(cfg.out)},
-        "data": {"source": data.source, "train": len(train), "dev": len(data.dev),
-                 "dev_in_domain": len(data.dev_in_domain), "dev_out_of_domain": len(data.dev_out_of_domain)},
+        "data": data.summary(train),
     }
     with staged_dir(cfg.out, cfg.overwrite) as tmp:
         save_adapter(model.cpu(), tmp / "adapter", cfg.model, cfg.rank, cfg.alpha, cfg.lora_dropout)
@@ -273,8 +302,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
         write_json(tmp / METRICS_FILE, metrics)
-        plot_curves(history, tmp / "curves.png", f"LoRA teacher ({cfg.model}, r={cfg.rank}) on CoLA")
-        write_run_info(tmp, "teacher")
+        plot_curves(history, tmp / "curves.png", f"LoRA teacher ({cfg.model}, r={cfg.rank}) on {data.source}")
+        write_run_info(tmp, "teacher", labels=data.labels)
     return metrics
 
 
@@ -287,7 +316,7 @@ def load_teacher(run_dir: Path, merged: bool = True) -> tuple[nn.Module, Any]:
         model, tokenizer = load_backbone(str(run_dir / "merged"))
     else:
         cfg = read_json(run_dir / METRICS_FILE)["config"]
-        model, tokenizer = load_backbone(cfg["model"])
+        model, tokenizer = load_backbone(cfg["model"], run_labels(run_dir))
         inject_lora(model, cfg["rank"], cfg["alpha"], cfg["lora_dropout"])
         try:
             load_adapter_weights(model, load_file(str(run_dir / "adapter" / "adapter_model.safetensors")))

@@ -12,7 +12,7 @@ os.environ.setdefault("KDFAST_NO_PROGRESS", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from helpers import COLA_DIR, save_tiny_gpt2
+from helpers import save_tiny_gpt2
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,9 +28,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def cola_dir() -> Path:
-    if not (COLA_DIR / "in_domain_train.tsv").exists():
-        pytest.fail(f"CoLA not found at {COLA_DIR} (set KDFAST_SHARED to the folder holding data/cola)")
-    return COLA_DIR
+    """The copy of CoLA's public release that ships inside the package (what ``--data cola`` reads)."""
+    from kdfast.data.cola import BUNDLED
+
+    return BUNDLED
 
 
 @pytest.fixture(scope="session")

@@ -1,22 +1,20 @@
-"""Builders shared by the tests: the CoLA copy in ../shared, a tiny random GPT-2 with the real GPT-2 tokenizer."""
+"""Builders shared by the tests: the bundled CoLA, a tiny random GPT-2 with the real GPT-2 tokenizer (tests/data)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("KDFAST_SHARED", REPO.parent / "shared"))
-COLA_DIR = SHARED / "data" / "cola"
-GPT2_TOKENIZER_DIR = SHARED / "data" / "gpt2-tokenizer"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+GPT2_TOKENIZER_DIR = TEST_DATA / "gpt2-tokenizer"  # the real GPT-2 BPE files (see its README)
 
 
 def gpt2_tokenizer():
-    """The real GPT-2 BPE tokenizer from ../shared (transformers 5 takes vocab=/merges=, see its README)."""
+    """The real GPT-2 BPE tokenizer from tests/data (transformers 5 takes vocab=/merges=, see its README)."""
     from transformers import GPT2Tokenizer
 
     vocab = json.loads((GPT2_TOKENIZER_DIR / "vocab.json").read_text())
@@ -55,7 +53,12 @@ def save_tiny_gpt2_lm(folder: Path, n_layer: int = 2, n_embd: int = 32, n_positi
 
 def load_benchmark(name: str) -> ModuleType:
     """A script of benchmarks/ (not a package) as a module, for testing its logic."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    return load_module(REPO / "benchmarks" / f"{name}.py")
+
+
+def load_module(path: Path) -> ModuleType:
+    """A script (benchmarks/, examples/: not packages) as a module."""
+    name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -210,8 +210,8 @@ def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert features.shape == (48 * 2, 32) and features.dtype == torch.float32  # the tiny GPT-2's width
     # the term is in the loss: the same run without it (same seed, same cached teacher) trains differently
     code, _, err = kdfast_cli(monkeypatch, capsys, "distill", "--teacher", str(teacher_run), "--data", str(cola_dir),
-                              "--out", str(tmp_path / "plain"), "--augment", "1", "--reuse-logits", str(out),
-                              *STUDENT_FLAGS)
+                              "--out", str(tmp_path / "plain"), "--augment", "1", "--feature-weight", "0",
+                              "--reuse-logits", str(out), *STUDENT_FLAGS)
     assert code == 0, err
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     assert plain["teacher"]["logits_cache"]["reused"]
@@ -234,7 +234,7 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
 
     monkeypatch.setattr(kdfast.distill, "load_teacher", counting_load)
     cfg = dict(teacher=teacher_run, data=str(cola_dir), out=tmp_path / "s", epochs=2, hidden=8, embed_dim=8,
-               max_train_samples=32, augment=1, device="cpu", progress=False)
+               max_train_samples=32, augment=1, feature_weight=0.0, device="cpu", progress=False)
     first = run(DistillConfig(**cfg))
     assert len(calls) == 1 and not first["teacher"]["logits_cache"]["reused"]  # once, not once per epoch
 
@@ -262,6 +262,13 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
                              ))["teacher"]["logits_cache"]["reused"]
     with pytest.raises(AssertionError, match="loaded again"):
         run(DistillConfig(**{**cfg, "out": tmp_path / "s5", "reuse_logits": tmp_path / "s", "feature_weight": 1.0}))
+
+
+def test_default_recipe_is_the_measured_winner_and_plain_is_one_flag_away() -> None:
+    assert (DistillConfig().augment, DistillConfig().feature_weight) == (4, 1.0)
+    assert (DistillConfig(plain=True).augment, DistillConfig(plain=True).feature_weight) == (0, 0.0)
+    assert DistillConfig(plain=True, augment=2).augment == 2  # an explicit value wins
+    assert DistillConfig(feature_weight=0.0).augment == 4
 
 
 def test_teacher_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cola_dir: Path,

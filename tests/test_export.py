@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdfast.data import load_cola
+from kdfast.data import load_dataset
+from kdfast.data.dataset import targets
 from kdfast.errors import KdfastError
 from kdfast.export import (
     MANIFEST,
@@ -49,7 +50,7 @@ def exported(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 def dev_sentences(cola_dir: Path, n: int) -> list[str]:
-    return [e.sentence for e in load_cola(cola_dir).dev[:n]]
+    return [e.text for e in load_dataset(cola_dir).dev[:n]]
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -220,13 +221,13 @@ def tiny_rnn_source() -> ExportSource:
 def test_rnn_exports_with_dynamic_axes_and_matches(tmp_path: Path, cola_dir: Path) -> None:
     source = tiny_rnn_source()
     export_onnx(source, tmp_path / "model.onnx", 17)
-    io = check_graph(tmp_path / "model.onnx", ["input_ids"])
+    io = check_graph(tmp_path / "model.onnx", ["input_ids"], 2)
     assert io["inputs"][0]["shape"] == ["batch", "seq"]
-    dev = load_cola(cola_dir).dev[:64]
-    ids = source.encode([e.sentence for e in dev])
+    dev = load_dataset(cola_dir).dev[:64]
+    ids = source.encode([e.text for e in dev])
     want = torch_logits(source.module, ids, 0, ["input_ids"])
     result = check_variant(VariantResult("fp32", "model.onnx", fp32=True), tmp_path / "model.onnx", source.module,
-                           ids, 0, ["input_ids"], want, dev, atol=1e-5)
+                           ids, 0, ["input_ids"], want, targets(dev, halves=True), atol=1e-5)
     assert result["passed"] and result["agreement"] == 1.0 and all(s["ok"] for s in result["shapes"])
 
 
@@ -237,11 +238,11 @@ def test_a_frozen_axis_is_caught(tmp_path: Path, cola_dir: Path) -> None:
     torch.onnx.export(source.module, source.example(), str(path), dynamo=False, input_names=["input_ids"],
                       output_names=["logits"], opset_version=17)  # no dynamic_axes: (2, T) baked in
     with pytest.raises(KdfastError, match="frozen axis"):
-        check_graph(path, ["input_ids"])
-    dev = load_cola(cola_dir).dev[:16]
-    ids = source.encode([e.sentence for e in dev])
+        check_graph(path, ["input_ids"], 2)
+    dev = load_dataset(cola_dir).dev[:16]
+    ids = source.encode([e.text for e in dev])
     result = check_variant(VariantResult("fp32", "frozen.onnx", fp32=True), path, source.module, ids, 0,
-                           ["input_ids"], np.zeros((16, 2), np.float32), dev, atol=1e-5)
+                           ["input_ids"], np.zeros((16, 2), np.float32), targets(dev, halves=True), atol=1e-5)
     assert not result["shapes_ok"] and not result["passed"]
 
 

@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli
 from safetensors.torch import load_file
 
-from kdfast.data import load_cola
+from kdfast.data import load_dataset
 from kdfast.evaluate import evaluate_run
 from kdfast.teacher import encode, load_teacher, predict_logits, score_dev
 
@@ -66,7 +66,7 @@ def test_peft_loads_the_adapter_with_equal_logits(teacher_run: Path, cola_dir: P
     peft_model = peft.PeftModel.from_pretrained(base, teacher_run / "adapter").eval()
     ours, tokenizer = load_teacher(teacher_run, merged=False)
     merged, _ = load_teacher(teacher_run, merged=True)
-    sentences = [e.sentence for e in load_cola(cola_dir).dev[:40]]
+    sentences = [e.text for e in load_dataset(cola_dir).dev[:40]]
     ids = encode(tokenizer, sentences, 64)
     device = torch.device("cpu")
     ref = predict_logits(peft_model, ids, tokenizer.pad_token_id, device)
@@ -96,12 +96,12 @@ def test_dev_scoring_reports_both_halves(teacher_run: Path, cola_dir: Path) -> N
     for key in ("dev_acc", "dev_mcc", "dev_in_domain_acc", "dev_in_domain_mcc", "dev_out_of_domain_acc",
                 "dev_out_of_domain_mcc", "dev_loss"):
         assert key in report
-    cola = load_cola(cola_dir)
+    cola = load_dataset(cola_dir)
     import numpy as np
 
     logits = np.zeros((1043, 2), dtype=np.float32)
     logits[:, 1] = 1.0  # always "acceptable"
-    assert score_dev(logits, cola.dev)["dev_in_domain_acc"] == pytest.approx(365 / 527)
+    assert score_dev(logits, cola)["dev_in_domain_acc"] == pytest.approx(365 / 527)
 
 
 def test_eval_command_json(teacher_run: Path, capsys) -> None:
@@ -117,7 +117,7 @@ def test_eval_command_json(teacher_run: Path, capsys) -> None:
         (["--rank", "0"], "error: --rank must be at least 1"),
         (["--lr", "-1"], "error: --lr must be positive"),
         (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: no such folder"),
-        (["--data", "/nonexistent/cola"], "error: --data /nonexistent/cola: no such folder"),
+        (["--data", "/nonexistent/cola"], "error: --data /nonexistent/cola: no such file or folder"),
         (["--bogus-flag"], "error: No such option: --bogus-flag"),
     ],
 )
