@@ -91,3 +91,25 @@ def test_distill_refuses_labels_its_teacher_never_had(sources: Path, teacher_run
     assert code == 2 and err.startswith("error: ") and "is not one of the run's labels" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("train", "dev", "message"),
+    [
+        ("words,label\nA.,x\nB.,y\n", "text,label\nC.,x\n", "no column 'text' or 'sentence'"),
+        ("text,cls\nA.,x\nB.,y\n", "text,cls\nC.,x\n", "no column 'label'"),
+        ("text,label\nA.,x\nB.,y\n", "text,label\nC.,z\n", "dev.csv:2: dev label 'z' does not occur in train"),
+        ("text,label\nA.,x\nB.,x\n", "text,label\nC.,x\n", "a classifier needs at least two classes"),
+        ("text,label\nA.,1\nB.,y\n", "text,label\nC.,1\n", "train.csv:3: label 'y' is a string"),
+        ("", "text,label\nC.,x\n", "train.csv: empty file"),
+    ],
+)
+def test_bad_data_is_one_error_line_and_nothing_written(tmp_path: Path, capsys, train: str, dev: str,
+                                                        message: str) -> None:
+    (tmp_path / "train.csv").write_text(train)
+    (tmp_path / "dev.csv").write_text(dev)
+    out = tmp_path / "rnn"
+    code, stdout, err = run_cli(["train", "rnn", "--data", str(tmp_path), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + stdout
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".rnn")]

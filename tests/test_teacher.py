@@ -185,3 +185,16 @@ def test_the_console_entry_point_prints_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "kdfast", "eval", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: not a kdfast run folder (no run.json)"
+
+
+def test_a_hub_model_offline_fails_fast_naming_the_local_alternative(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                      capsys) -> None:
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    code, _, err = run_cli(["train", "lora", "--model", "gpt2", "--data", "cola", "--out", str(tmp_path / "t"),
+                            "--no-progress"], capsys)
+    assert time.perf_counter() - start < 10
+    assert code == 2 and err.startswith("error: --model gpt2 needs the Hugging Face Hub") and "--model DIR" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
