@@ -54,7 +54,7 @@ batched exactly as ``kdfast eval`` batches it (by length, 64 at a time), with th
      "ratios": [{"name", "batch_size", "fast", "fast_p50_ms", "slow", "slow_p50_ms", "ratio" (slow p50 / fast p50),
                  "target", "mcc_drop" (slow MCC - fast MCC, int8 only), "mcc_drop_max", "met"}, ...]}
 
-Each row (``ROW_FIELDS``; the CSV and Markdown files have these columns in this order):
+Each row (``kdfast.bench_report.ROW_FIELDS``; the CSV and Markdown files have these columns in this order):
 
     model        run folder name          variant      as above               batch_size   sentences per call
     p50_ms, p90_ms, p99_ms, mean_ms       latency of one call (one batch), milliseconds
@@ -96,6 +96,7 @@ from rich.console import Console
 
 from kdfast import __version__
 from kdfast.batching import in_order, length_sorted_batches, pad_batch
+from kdfast.bench_report import write_outputs
 from kdfast.bench_variants import (
     VARIANTS,
     Loaded,
@@ -114,9 +115,6 @@ from kdfast.training import resolve_device
 
 TEACHER_EAGER = "teacher-merged"  # the baseline of ``speedup``
 REFERENCE = {"teacher": "teacher-merged", "student": "student-eager"}  # what ``agreement`` compares with
-ROW_FIELDS = ["model", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc",
-              "mcc", "agreement", "params", "file_mb", "speedup", "seq_len", "calls", "setup_s", "load_1m", "runtime",
-              "note"]
 DEV_BATCH_SIZE = 64  # kdfast eval's batch size for scoring
 IDLE_LOAD = 0.5  # a 1-minute load average this far above the CPUs bench leaves free still counts as idle
 # The ratios the project set itself, on a 2-core CPU.
@@ -408,8 +406,6 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     report["ratios"] = headline_ratios(report["results"])
 
     # --- save
-    from kdfast.bench_report import write_outputs
-
     write_outputs(report, json_path=cfg.json, csv_path=cfg.csv, md_path=cfg.md, plot_path=cfg.plot)
     return report
 

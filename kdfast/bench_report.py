@@ -1,7 +1,7 @@
 """The files ``kdfast bench`` writes (JSON, CSV, Markdown, a PNG) and ``--compare`` of two JSON reports.
 
 The schema is documented once, in ``kdfast.bench``'s docstring; ``ROW_FIELDS`` is the column order of CSV and
-Markdown alike.
+Markdown alike. The report arrives as data: this module imports nothing of ``kdfast.bench``, which imports it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ import io
 from pathlib import Path
 from typing import Any
 
-from kdfast.bench import ROW_FIELDS, VARIANTS
+from kdfast.bench_variants import VARIANTS
 from kdfast.errors import KdfastError
 from kdfast.runs import read_json, write_json
+
+# The columns of a row, in the order of the CSV and Markdown files (described in ``kdfast.bench``'s docstring).
+ROW_FIELDS = ["model", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc",
+              "mcc", "agreement", "params", "file_mb", "speedup", "seq_len", "calls", "setup_s", "load_1m", "runtime",
+              "note"]
 
 # How each column is printed in Markdown (JSON and CSV keep full precision).
 FORMATS = {"p50_ms": "{:.3f}", "p90_ms": "{:.3f}", "p99_ms": "{:.3f}", "mean_ms": "{:.3f}", "cv": "{:.3f}",

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from kdfast.bench import ROW_FIELDS, VARIANTS, latency_stats, time_calls
-from kdfast.bench_report import compare
+from kdfast.bench import VARIANTS, latency_stats, time_calls
+from kdfast.bench_report import ROW_FIELDS, compare
 
 pytest.importorskip("onnxruntime")
 
