@@ -246,3 +246,36 @@ def test_hub_names() -> None:
     assert parse_hub_name("hub:glue/sst2") == ("nyu-mll/glue", "sst2")
     assert parse_hub_name("hub:stanfordnlp/imdb") == ("stanfordnlp/imdb", None)
     assert parse_hub_name("hub:imdb") == ("imdb", None)
+
+
+def test_hub_dataset_rows_labels_and_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub path on a DatasetDict built here (no network): ClassLabel names kept, columns found, GLUE CoLA's
+    validation split cut into its halves."""
+    datasets = pytest.importorskip("datasets")
+    import kdfast.data.hub
+
+    features = datasets.Features({"sentence": datasets.Value("string"), "idx": datasets.Value("int32"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+
+    def split(texts: list[str], labels: list[int]) -> object:
+        return datasets.Dataset.from_dict({"sentence": texts, "idx": list(range(len(texts))), "label": labels},
+                                          features=features)
+
+    asked = []
+
+    def fake_load(name: str, config: str | None = None) -> object:
+        asked.append((name, config))
+        n = 600 if config == "cola" else 3
+        return datasets.DatasetDict({"train": split(["good", "bad", "fine"], [1, 0, 1]),
+                                     "validation": split([f"s{i}" for i in range(n)], [i % 2 for i in range(n)])})
+
+    monkeypatch.setattr(kdfast.data.hub, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = load_dataset("hub:glue/sst2")
+    assert asked[-1] == ("nyu-mll/glue", "sst2") and data.source == "hub:nyu-mll/glue/sst2"
+    assert data.labels == ["negative", "positive"] and not data.halves
+    assert [(e.text, e.label) for e in data.train] == [("good", 1), ("bad", 0), ("fine", 1)]
+    cola = load_dataset("hub:nyu-mll/glue/cola")
+    assert cola.halves and len(cola.dev_in_domain) == 527 and len(cola.dev_out_of_domain) == 73
+    with pytest.raises(KdfastError, match="no column 'text'"):
+        load_dataset("hub:glue/sst2", text_column="text")
