@@ -294,7 +294,7 @@ def _kernels() -> SimpleNamespace:
     tuned_mm = [c for group in mm_groups.values() if len(group) > 1 for c in group]
     lora_mm_tuned = triton.autotune(
         configs=tuned_mm,
-        key=["M_BUCKET", "N", "K", "R"],
+        key=["M_BUCKET", "N", "K", "R", "stride_wk"],  # stride_wk: Linear and Conv1D weights read differently
         prune_configs_by={"early_config_prune": prune_mm_configs},
     )(lora_mm_kernel) if tuned_mm else None
     lora_grad_tuned = triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"])(lora_grad_kernel)
