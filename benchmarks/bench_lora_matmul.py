@@ -268,10 +268,15 @@ def fused_is_accurate(errors: dict[str, float], ref_max: float, dtype: torch.dty
     return errors["fused"] <= 2 * errors["unfused"] + torch.finfo(dtype).eps * ref_max
 
 
+# do_bench's warm-up and measuring time per call, ms (its defaults are 25 and 100): a µs kernel still repeats
+# thousands of times, and the 200-odd calls of a run fit the GPU check's budget.
+BENCH_WARMUP_MS, BENCH_REP_MS = 10, 50
+
+
 def median_ms(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
     from triton.testing import do_bench
 
-    return do_bench(fn, grad_to_none=grad_to_none, return_mode="median")
+    return do_bench(fn, warmup=BENCH_WARMUP_MS, rep=BENCH_REP_MS, grad_to_none=grad_to_none, return_mode="median")
 
 
 def cudagraph_median_ms(fn: Callable[[], object]) -> float:
@@ -298,7 +303,7 @@ def check_timer_signatures() -> None:
     passes to the installed triton's signatures instead, so a renamed argument fails here and not on the GPU."""
     from triton.testing import do_bench, do_bench_cudagraph
 
-    inspect.signature(do_bench).bind(print, grad_to_none=None, return_mode="median")
+    inspect.signature(do_bench).bind(print, warmup=1, rep=1, grad_to_none=None, return_mode="median")
     inspect.signature(do_bench_cudagraph).bind(print, return_mode="median")
 
 

@@ -189,11 +189,11 @@ else
     student_sizes=(--device cuda --n-single 100 --n-batched 10)
 fi
 
-step pytest_gpu 170 "$python" -m pytest "${pytest_flags[@]}" tests/test_lora_matmul.py \
+step pytest_gpu 150 "$python" -m pytest "${pytest_flags[@]}" tests/test_lora_matmul.py \
     --junitxml="$logs/pytest_gpu.xml"
-step bench_lora_matmul 190 "${kernel_env[@]}" "$python" -u benchmarks/bench_lora_matmul.py "${lora_sizes[@]}" \
+step bench_lora_matmul 220 "${kernel_env[@]}" "$python" -u benchmarks/bench_lora_matmul.py "${lora_sizes[@]}" \
     --csv "$out/lora_matmul.csv"
-step bench_teacher_e2e 80 "${kernel_env[@]}" "$python" -u benchmarks/bench_teacher_e2e.py "${teacher_sizes[@]}" \
+step bench_teacher_e2e 70 "${kernel_env[@]}" "$python" -u benchmarks/bench_teacher_e2e.py "${teacher_sizes[@]}" \
     --csv "$out/teacher_e2e.csv"
 step bench_student 90 "$python" -u benchmarks/bench_student.py --data cola --mode reduce-overhead \
     "${student_sizes[@]}" --csv "$out/student.csv"
