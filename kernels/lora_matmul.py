@@ -42,6 +42,7 @@ tensors the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` i
 import functools
 import importlib.util
 import os
+import time
 from types import SimpleNamespace
 
 import torch
@@ -97,9 +98,19 @@ def _autotuning() -> bool:
 
 
 def _production_tiles_interpreted() -> bool:
-    """KDFAST_INTERPRETER_TILES=production: under the interpreter, run the first production tile of each group
-    (what KDFAST_AUTOTUNE=0 runs on a GPU) instead of INTERPRETER_TILE, so that their numbers are checked too."""
+    """KDFAST_INTERPRETER_TILES=production: under the interpreter, the production tiles as a GPU runs them (every
+    configuration of a group through the autotuner, or the first with KDFAST_AUTOTUNE=0) instead of
+    INTERPRETER_TILE, so that their numbers and the autotuned launch path are checked too."""
     return os.environ.get("KDFAST_INTERPRETER_TILES", "") == "production"
+
+
+def _wall_clock_bench(fn, quantiles: tuple | None = None, **_: object) -> float | list[float]:
+    """The autotuner's timer under the interpreter, which has no GPU to time: one call's wall-clock ms. Its picks
+    mean nothing; it lets the autotuner run every configuration of a group as it does on a GPU."""
+    start = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - start) * 1e3
+    return [ms] * len(quantiles) if quantiles else ms
 
 
 @functools.cache
@@ -116,8 +127,8 @@ def _kernels() -> SimpleNamespace:
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)
 
     def used(tiles: tuple, interpreter_tile: tuple) -> tuple:
-        if interpret:
-            return tiles[:1] if production else (interpreter_tile,)
+        if interpret and not production:
+            return (interpreter_tile,)
         return tiles if tune else tiles[:1]
 
     mm_groups = {group: [mm_config(*t) for t in used(tiles, INTERPRETER_TILE)] for group, tiles in MM_TILES.items()}
@@ -291,13 +302,17 @@ def _kernels() -> SimpleNamespace:
 
     # Autotuners only over groups with a choice: a group of one config is launched directly. (triton 3.6's
     # autotuner benchmarks even the one config a prune leaves, which under the interpreter fails: it has no driver.)
+    bench = _wall_clock_bench if interpret else None  # None: triton's do_bench on the GPU
     tuned_mm = [c for group in mm_groups.values() if len(group) > 1 for c in group]
     lora_mm_tuned = triton.autotune(
         configs=tuned_mm,
         key=["M_BUCKET", "N", "K", "R", "stride_wk"],  # stride_wk: Linear and Conv1D weights read differently
         prune_configs_by={"early_config_prune": prune_mm_configs},
+        do_bench=bench,
     )(lora_mm_kernel) if tuned_mm else None
-    lora_grad_tuned = triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"])(lora_grad_kernel)
+    lora_grad_tuned = triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"], do_bench=bench)(
+        lora_grad_kernel
+    )
     return SimpleNamespace(
         triton=triton,
         tl=tl,

@@ -9,8 +9,8 @@ Tests marked ``gpu`` repeat the checks natively on CUDA and under torch.compile;
 
 Every numerics test counts the Triton launches (``count_launches``): lora_matmul falls back to its reference when the
 kernel cannot run, and a test that compared the reference with itself would pass whatever the kernel did. Only
-INTERPRETER_TILE runs under the interpreter, except in test_production_tiles_under_the_interpreter (the first
-production tile of each group, as KDFAST_AUTOTUNE=0 runs them on a GPU). bf16 runs as fp32 dots there (the
+INTERPRETER_TILE runs under the interpreter, except in test_production_tiles_under_the_interpreter (every production
+tile, through the autotuner as on a GPU). bf16 runs as fp32 dots there (the
 interpreter's bf16 dot is wrong), so the bf16 dot itself only runs in the ``gpu`` tests.
 
 Tolerances: fp32 to 1e-4 of the output's scale; fp16/bf16 judged against an fp32 reference computed from the same
@@ -530,19 +530,25 @@ def test_lora_linear_fused_runs_the_kernel(layout: str) -> None:
 @kernel_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_production_tiles_under_the_interpreter(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
-    """The first production tile of each group (small M and large M), which the other tests never run: numbers
-    under the interpreter, forward and backward (the gradient reduction's production tile too)."""
+    """The production tiles, which the other tests never run, as a GPU runs them: every configuration of the
+    small-M and the large-M group through the autotuner (timed by the CPU's clock, so its picks mean nothing),
+    forward and backward, the gradient reduction's tiles too. fp32 groups hold one configuration: launched directly."""
     monkeypatch.setenv("KDFAST_INTERPRETER_TILES", "production")
+    monkeypatch.setenv("KDFAST_AUTOTUNE", "1")
     lm._kernels.cache_clear()
     try:
         kernels = lm._kernels()
         width = "fp32" if dtype == torch.float32 else "half"
         for regime in ("small", "large"):
-            (config,) = kernels.lora_mm_groups[(regime, width)]
-            bm, bn, bk = lm.MM_TILES[(regime, width)][0][:3]
-            assert (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]) == (bm, bn, bk)
-        check_forward(7, 300, 200, 8, dtype=dtype)  # M_BUCKET 16: the small-M tile
-        check_backward(100, 300, 200, 8, layout="conv1d", dtype=dtype)  # M_BUCKET 128: the large-M tile
+            group = kernels.lora_mm_groups[(regime, width)]
+            tiles = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                     for c in group]  # fmt: skip
+            assert tiles == list(lm.MM_TILES[(regime, width)])
+        check_forward(7, 300, 200, 8, dtype=dtype)  # M_BUCKET 16: the small-M group
+        check_backward(100, 300, 200, 8, layout="conv1d", dtype=dtype)  # M_BUCKET 128: the large-M group
+        if dtype != torch.float32:  # the autotuner chose among the half-precision group's configurations
+            assert kernels.lora_mm_tuned.best_config in kernels.lora_mm_groups[("large", width)]
+            assert kernels.lora_grad_tuned.best_config in kernels.lora_grad_configs
     finally:
         lm._kernels.cache_clear()  # the next test builds the kernels with its own environment
 
