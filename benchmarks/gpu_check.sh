@@ -178,7 +178,8 @@ workers="${GPU_CHECK_WORKERS:-$([ "$dry_run" = 1 ] && echo 2 || echo 4)}"
 
 # -- the steps ---------------------------------------------------------------------------------------------------
 if [ "$dry_run" = 1 ]; then
-    kernel_env=(env TRITON_INTERPRET=1)  # the kernels on CPU tensors
+    # the kernels on CPU tensors, with the production tiles through the autotuner, as on the GPU
+    kernel_env=(env TRITON_INTERPRET=1 KDFAST_INTERPRETER_TILES=production TRITON_PRINT_AUTOTUNING=1)
     lora_sizes=(--device cpu --m 1 --backward-m 17 --shapes attn.c_proj --dtype fp16 bf16 --rank 4)
     teacher_sizes=(--device cpu --tiny --batch-sizes 1 2 --seq-len 8 --warmup 1 --repeats 2)
     student_sizes=(--device cpu --n-single 2 --n-batched 1 --repeats 1 --batch-sizes 1 2)
