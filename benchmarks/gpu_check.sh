@@ -28,6 +28,8 @@ DEVICE_TRANSFORMERS="5.17.*"
 # triton 3.6's interpreter calls int() on one-element arrays, which numpy 2.4 refuses (the GPU path never
 # interprets, so this pin exists for the dry run only).
 DRY_RUN_NUMPY="numpy<2.4"
+# kdfast's dependencies that the GPU machine is not known to have: the dry run makes their imports fail.
+DEVICE_ABSENT="matplotlib datasets onnx onnxscript peft"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 stamp_file="$repo/.gpu_check_commit"
@@ -134,10 +136,23 @@ PY
 } > "$logs/environment.txt" 2>&1
 sed 's/^/   /' "$logs/environment.txt" | tee -a "$summary"
 
+# A sitecustomize on PYTHONPATH: in the dry run it makes the packages of DEVICE_ABSENT unimportable (as on the GPU
+# machine); below, it may also map kdfast's folders.
+mkdir -p "$work/site"
+export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$dry_run" = 1 ]; then
+    cat > "$work/site/sitecustomize.py" <<PY
+import sys
+
+for _name in "$DEVICE_ABSENT".split():  # not on the GPU machine: importing one fails there, so here too
+    sys.modules.setdefault(_name, None)
+PY
+fi
+
 # pyproject maps kernels/ to kdfast.kernels, so kdfast must be installed from this checkout: --no-deps, and no
 # build isolation (the GPU machine has no network). If that fails (e.g. a setuptools too old for the license
-# field), a sitecustomize on PYTHONPATH maps the two folders the way the editable install would. An install from
-# another checkout does not count: kdfast must import from this one.
+# field), the sitecustomize maps the two folders the way the editable install would. An install from another
+# checkout does not count: kdfast must import from this one.
 importable() {
     "$python" -c "import sys, kdfast, kdfast.kernels.lora_matmul as m; here = '$repo/'
 sys.exit(not (kdfast.__file__.startswith(here) and m.__file__.startswith(here)))" > /dev/null 2>&1
@@ -148,8 +163,7 @@ if ! importable && [ -z "${GPU_CHECK_NO_INSTALL:-}" ]; then
     say "   rc=$? (log: install.log)"
 fi
 if ! importable; then
-    mkdir -p "$work/shim"
-    cat > "$work/shim/sitecustomize.py" <<PY
+    cat >> "$work/site/sitecustomize.py" <<PY
 import importlib.util
 import sys
 
@@ -167,7 +181,7 @@ class _KdfastPackageDirs:  # pyproject's [tool.setuptools.package-dir], for a ch
 
 sys.meta_path.insert(0, _KdfastPackageDirs)
 PY
-    export PYTHONPATH="$work/shim:$repo${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$work/site:$repo${PYTHONPATH#"$work/site"}"
     if importable; then say "   kdfast imported from $repo through a sitecustomize on PYTHONPATH"; fi
 fi
 importable || { say "kdfast does not import from $repo; see install.log"; status=1; }
