@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     failed = []
     for batch in args.batch_sizes:
-        ids = torch.randint(0, c.vocab_size, (batch, args.seq_len), device=device)
+        ids = torch.randint(1, c.vocab_size, (batch, args.seq_len), device=device)  # 0 is the pad token
         mask = torch.ones_like(ids)
 
         def forward(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> torch.Tensor:
