@@ -63,7 +63,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="cola", help="CoLA folder (or 'cola' for the Hub).")
+    parser.add_argument("--data", default="cola", help="CoLA folder, or 'cola': the copy bundled with kdfast.")
     parser.add_argument("--run", type=Path, help="A student run folder; default: the default shape, random weights.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
