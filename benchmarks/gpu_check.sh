@@ -86,13 +86,13 @@ step() {  # step NAME LIMIT_S COMMAND...: run within the budget, log to logs/NAM
 if [ "$dry_run" = 1 ]; then
     write_stamp  # then read back the way the GPU machine reads it
     commit="$(cut -d' ' -f1 "$stamp_file")"
-    commit_source=".gpu_check_commit (written by --stamp)"
+    commit_source="from .gpu_check_commit, written by --stamp"
 elif commit="$(git rev-parse --short HEAD 2>/dev/null)"; then
     [ -z "$(git status --porcelain --untracked-files=no)" ] || commit="$commit-dirty"
-    commit_source="git"
+    commit_source="from git"
 elif [ -f "$stamp_file" ]; then
     commit="$(cut -d' ' -f1 "$stamp_file")"
-    commit_source=".gpu_check_commit, stamped $(cut -d' ' -f2 "$stamp_file")"
+    commit_source="from .gpu_check_commit, stamped $(cut -d' ' -f2 "$stamp_file")"
 else
     commit="unknown"
     commit_source="no git and no .gpu_check_commit: run --stamp before copying the tree, and carry the file"
@@ -186,8 +186,8 @@ PY
 fi
 importable || { say "kdfast does not import from $repo; see install.log"; status=1; }
 
-pytest_flags=(-q -p no:cacheprovider)  # and with pytest-xdist, workers: Triton compiles in parallel
-workers="${GPU_CHECK_WORKERS:-$([ "$dry_run" = 1 ] && echo 2 || echo 4)}"
+pytest_flags=(-q -p no:cacheprovider)  # and with pytest-xdist, workers: Triton compiles in parallel (16 CPUs there)
+workers="${GPU_CHECK_WORKERS:-$([ "$dry_run" = 1 ] && echo 2 || echo 8)}"
 "$python" -c "import xdist" > /dev/null 2>&1 && pytest_flags+=(-n "$workers")
 
 # -- the steps ---------------------------------------------------------------------------------------------------
