@@ -1,6 +1,7 @@
 """Student inference latency: nn.LSTM/GRU (eager) against the cell loop, eager and through torch.compile.
 
     python benchmarks/bench_student.py --data /path/to/cola [--run runs/student] [--device cpu|cuda] [--threads 1]
+    python benchmarks/bench_student.py --data cola --device cuda --mode reduce-overhead   # as gpu_check.sh runs it
 
 Real CoLA dev sentences, as the model sees them in use: batch 1 is one sentence at a time (the first ``--n-single``
 dev sentences), batch 32 is consecutive dev sentences (not length-sorted), right-padded to the longest; the compiled
@@ -8,8 +9,8 @@ model's batches are padded further to a multiple of 8 steps (its shape buckets),
 Every batch runs once before timing (for the compiled model this compiles every bucket; that time is reported
 apart and excluded), the device is synchronised around each call, and the median per-batch latency over
 ``--repeats`` passes is reported with its ratio to nn.LSTM. Rows are appended to benchmarks/results/student.csv
-with the machine and git commit. Without ``--run`` the model has the default student shape and random weights
-(latency does not depend on the weights) over a vocabulary built from CoLA train.
+(``--csv``) after each batch size, with the machine and git commit. Without ``--run`` the model has the default
+student shape and random weights (latency does not depend on the weights) over a vocabulary built from CoLA train.
 """
 
 from __future__ import annotations
@@ -50,9 +51,19 @@ def time_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return times
 
 
-def main() -> None:
+def append_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="cola", help="CoLA folder (or 'cola' for the Hub).")
+    parser.add_argument("--data", default="cola", help="CoLA folder, or 'cola': the copy bundled with kdfast.")
     parser.add_argument("--run", type=Path, help="A student run folder; default: the default shape, random weights.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
@@ -62,7 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", default=None, help="torch.compile mode (e.g. reduce-overhead on CUDA).")
     parser.add_argument("--csv", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -84,7 +95,6 @@ def main() -> None:
     print(f"{shape}; {args.device} ({cpu if device.type == 'cpu' else torch.cuda.get_device_name()}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, commit {commit}")
 
-    rows = []
     for batch_size in args.batch_sizes:
         n = args.n_single if batch_size == 1 else args.n_batched * batch_size
         chunks = [ids[i : i + batch_size] for i in range(0, min(n, len(ids)), batch_size)]
@@ -101,6 +111,7 @@ def main() -> None:
             warm = time.perf_counter() - start
             results[variant] = (time_batches(fn, batches, device, args.repeats), warm)
         base = statistics.median(results["nn"][0])
+        rows = []
         for variant, (times, warm) in results.items():
             median = statistics.median(times)
             compile_s = warm - sum(times) / args.repeats if variant == "compiled" else 0.0
@@ -111,16 +122,9 @@ def main() -> None:
                          "vs_nn": round(base / median, 3), "compile_s": round(compile_s, 1)})
             print(f"batch {batch_size:>3}  {variant:<9} median {median * 1e3:8.3f} ms  "
                   f"{batch_size / median:9.1f} sentences/s  x{base / median:.2f} vs nn"
-                  + (f"  (compile ~{compile_s:.0f} s, excluded)" if variant == "compiled" else ""))
-
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.csv.exists()
-    with args.csv.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+                  + (f"  (compile ~{compile_s:.0f} s, excluded)" if variant == "compiled" else ""), flush=True)
+        append_rows(args.csv, rows)  # a run cut short keeps the batch sizes it measured
+    print(f"rows appended to {args.csv}")
 
 
 if __name__ == "__main__":

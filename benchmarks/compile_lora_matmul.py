@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                   **flags}  # fmt: skip
                         label = f"lora_mm {dtype} {regime} {bm}x{bn}x{bk} w{warps} s{stages} r{r} {layout} {pass_}"
                         report(label, lambda mm=mm, c=consts, w=warps, s=stages: compile_kernel(
-                            kernels.lora_mm.fn, mm, c, w, s, args.arch))
+                            kernels.lora_mm, mm, c, w, s, args.arch))
         for bp, bm, warps, stages in lm.GRAD_TILES[:1] if args.quick else lm.GRAD_TILES:
             for r in ranks:
                 grad = {"g_ptr": "*" + dtype, "h_ptr": "*fp32", "out_ptr": "*fp32", "M": M, "P": N, "R": r,
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                           "BLOCK_P": bp, "BLOCK_M": bm}  # fmt: skip
                 label = f"lora_grad {dtype} {bp}x{bm} w{warps} s{stages} r{r}"
                 report(label, lambda g=grad, c=consts, w=warps, s=stages: compile_kernel(
-                    kernels.lora_grad.fn, g, c, w, s, args.arch))
+                    kernels.lora_grad, g, c, w, s, args.arch))
     print(f"sm_{args.arch}: {failed} failed, {spilled} spilled")
     return 1 if failed or (args.no_spills and spilled) else 0
 

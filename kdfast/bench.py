@@ -227,7 +227,11 @@ def _version(dist: str) -> str | None:
 
 
 def git_commit() -> str:
-    """The commit kdfast runs from, ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout."""
+    """The commit kdfast runs from, ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout.
+    KDFAST_COMMIT overrides it: benchmarks/gpu_check.sh sets it from a file written before the tree was copied to a
+    machine without git."""
+    if os.environ.get("KDFAST_COMMIT"):
+        return os.environ["KDFAST_COMMIT"]
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:

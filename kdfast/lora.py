@@ -63,7 +63,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in LoRA's reference code
         self.dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
-        self.use_fused = False  # run the fused Triton kernel on CUDA (kdfast.kernels.lora_matmul)
+        self.use_fused = False  # run the fused Triton kernel where it runs (kdfast.kernels.lora_matmul)
         self._unmerged_weight: torch.Tensor | None = None
 
     def delta_weight(self) -> torch.Tensor:
@@ -74,8 +74,9 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        if self.use_fused and x.is_cuda and (not self.training or isinstance(self.dropout, nn.Identity)):
-            # One fused Triton kernel for x·W + b + s·(x·A)·B (dropout, when it is active, needs the plain path).
+        if self.use_fused and (not self.training or isinstance(self.dropout, nn.Identity)):
+            # One fused Triton kernel for x·W + b + s·(x·A)·B (dropout, when it is active, needs the plain path),
+            # on CUDA, and on CPU tensors under Triton's interpreter (the tests).
             from kdfast.kernels.lora_matmul import fused_lora_supported, lora_matmul
 
             if fused_lora_supported(x):

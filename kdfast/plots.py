@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only backend, imported on first use rather than with this module: kdfast.teacher
+    (and kdfast.bench through it) import this module, and the benchmarks run where matplotlib is not installed (the
+    GPU check's machine)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train accuracy")
@@ -39,6 +47,7 @@ def plot_comparison(run_dirs: list[Path], path: Path, title: str = "dev MCC per 
     label is the folder name with its best MCC."""
     from kdfast.runs import METRICS_FILE, read_json, read_run_info
 
+    plt = _pyplot()
     styles = {"scratch": "o-", "distill": "s--"}
     fig, ax = plt.subplots(figsize=(10, 4.8))
     for run_dir in run_dirs:

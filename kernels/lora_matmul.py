@@ -42,6 +42,7 @@ tensors the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` i
 import functools
 import importlib.util
 import os
+import time
 from types import SimpleNamespace
 
 import torch
@@ -96,6 +97,22 @@ def _autotuning() -> bool:
     return os.environ.get("KDFAST_AUTOTUNE", "1") != "0"
 
 
+def _production_tiles_interpreted() -> bool:
+    """KDFAST_INTERPRETER_TILES=production: under the interpreter, the production tiles as a GPU runs them (every
+    configuration of a group through the autotuner, or the first with KDFAST_AUTOTUNE=0) instead of
+    INTERPRETER_TILE, so that their numbers and the autotuned launch path are checked too."""
+    return os.environ.get("KDFAST_INTERPRETER_TILES", "") == "production"
+
+
+def _wall_clock_bench(fn, quantiles: tuple | None = None, **_: object) -> float | list[float]:
+    """The autotuner's timer under the interpreter, which has no GPU to time: one call's wall-clock ms. Its picks
+    mean nothing; it lets the autotuner run every configuration of a group as it does on a GPU."""
+    start = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - start) * 1e3
+    return [ms] * len(quantiles) if quantiles else ms
+
+
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """Builds the Triton kernels on first use rather than at import: kdfast imports without triton, and Triton's
@@ -104,28 +121,25 @@ def _kernels() -> SimpleNamespace:
     import triton
     import triton.language as tl
 
-    interpret, tune = _interpreting(), _autotuning()
+    interpret, tune, production = _interpreting(), _autotuning(), _production_tiles_interpreted()
 
     def mm_config(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, warps, stages)
 
-    mm_groups = {
-        group: [mm_config(*INTERPRETER_TILE)] if interpret else [mm_config(*t) for t in (tiles if tune else tiles[:1])]
-        for group, tiles in MM_TILES.items()
-    }
-    grad_tiles = [GRAD_INTERPRETER_TILE] if interpret else list(GRAD_TILES if tune else GRAD_TILES[:1])
-    grad_configs = [triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, w, s) for bp, bm, w, s in grad_tiles]
+    def used(tiles: tuple, interpreter_tile: tuple) -> tuple:
+        if interpret and not production:
+            return (interpreter_tile,)
+        return tiles if tune else tiles[:1]
+
+    mm_groups = {group: [mm_config(*t) for t in used(tiles, INTERPRETER_TILE)] for group, tiles in MM_TILES.items()}
+    grad_configs = [
+        triton.Config({"BLOCK_P": bp, "BLOCK_M": bm}, w, s) for bp, bm, w, s in used(GRAD_TILES, GRAD_INTERPRETER_TILE)
+    ]
 
     def prune_mm_configs(configs: list, named_args: dict, **kwargs) -> list:
         """The configs of this call's group: M regime (M_BUCKET <= 64 is small) and dot dtype."""
-        regime = "small" if named_args["M_BUCKET"] <= 64 else "large"
-        return mm_groups[(regime, "fp32" if kwargs["DOT_DTYPE"] == tl.float32 else "half")]
+        return mm_groups[_mm_group(named_args["M_BUCKET"], kwargs["DOT_DTYPE"] == tl.float32)]
 
-    @triton.autotune(
-        configs=[c for group in mm_groups.values() for c in group],
-        key=["M_BUCKET", "N", "K", "R"],
-        prune_configs_by={"early_config_prune": prune_mm_configs},
-    )
     @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # one binary for every M (masks only), fewer compiles
     def lora_mm_kernel(
         # pointers
@@ -236,7 +250,6 @@ def _kernels() -> SimpleNamespace:
             y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
             tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
-    @triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"])
     @triton.jit(do_not_specialize=["M", "M_BUCKET", "M_PER_SPLIT"])
     def lora_grad_kernel(
         # pointers
@@ -287,7 +300,41 @@ def _kernels() -> SimpleNamespace:
         out_ptrs = out_ptr + pid_s * stride_os + offs_p[:, None] * stride_op + offs_r[None, :] * stride_or
         tl.store(out_ptrs, acc * scale, mask=mask_p[:, None] & mask_r[None, :])
 
-    return SimpleNamespace(triton=triton, tl=tl, lora_mm=lora_mm_kernel, lora_grad=lora_grad_kernel)
+    # Autotuners only over groups with a choice: a group of one config is launched directly. (triton 3.6's
+    # autotuner benchmarks even the one config a prune leaves, which under the interpreter fails: it has no driver.)
+    bench = _wall_clock_bench if interpret else None  # None: triton's do_bench on the GPU
+    tuned_mm = [c for group in mm_groups.values() if len(group) > 1 for c in group]
+    lora_mm_tuned = triton.autotune(
+        configs=tuned_mm,
+        key=["M_BUCKET", "N", "K", "R", "stride_wk"],  # stride_wk: Linear and Conv1D weights read differently
+        prune_configs_by={"early_config_prune": prune_mm_configs},
+        do_bench=bench,
+    )(lora_mm_kernel) if tuned_mm else None
+    lora_grad_tuned = triton.autotune(configs=grad_configs, key=["M_BUCKET", "P", "R"], do_bench=bench)(
+        lora_grad_kernel
+    )
+    return SimpleNamespace(
+        triton=triton,
+        tl=tl,
+        lora_mm=lora_mm_kernel,
+        lora_mm_groups=mm_groups,
+        lora_mm_tuned=lora_mm_tuned,
+        lora_grad=lora_grad_kernel,
+        lora_grad_configs=grad_configs,
+        lora_grad_tuned=lora_grad_tuned if len(grad_configs) > 1 else None,
+    )
+
+
+def _mm_group(m_bucket: int, fp32: bool) -> tuple[str, str]:
+    """MM_TILES's key for a launch: M regime (M_BUCKET <= 64 is small) and dot dtype."""
+    return ("small" if m_bucket <= 64 else "large", "fp32" if fp32 else "half")
+
+
+def _pick(kernel, configs: list, tuned):
+    """(kernel, launch kwargs): the autotuner when there is a choice, else the jit kernel with its one config."""
+    if len(configs) > 1:
+        return tuned, {}
+    return kernel, configs[0].all_kwargs()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,7 +409,10 @@ def _launch_lora_mm(
         num_n = 1 if xa_only else _cdiv(N, meta["BLOCK_N"])
         return (_cdiv(M, meta["BLOCK_M"]) * num_n,)
 
-    _kernels().lora_mm[grid](
+    kernels, dot_dtype = _kernels(), _dot_dtype(x.dtype)
+    group = kernels.lora_mm_groups[_mm_group(_m_bucket(M), dot_dtype == kernels.tl.float32)]
+    kernel, config = _pick(kernels.lora_mm, group, kernels.lora_mm_tuned)
+    kernel[grid](
         x, w_kn, a_kr, b_rn,
         bias if bias is not None else x,
         y if y is not None else x,
@@ -378,8 +428,9 @@ def _launch_lora_mm(
         HAS_BIAS=bias is not None,
         STORE_XA=store_xa,
         XA_ONLY=xa_only,
-        DOT_DTYPE=_dot_dtype(x.dtype),
+        DOT_DTYPE=dot_dtype,
         PRECISION=_fp32_precision() if x.dtype == torch.float32 else "tf32",
+        **config,
     )  # fmt: skip
     return y, xa
 
@@ -410,7 +461,9 @@ def _launch_lora_grad(g: torch.Tensor, h: torch.Tensor, scale: float, *, transpo
         return (_cdiv(P, meta["BLOCK_P"]), splits)
 
     half = g.dtype in (torch.float16, torch.bfloat16)
-    _kernels().lora_grad[grid](
+    kernels = _kernels()
+    kernel, config = _pick(kernels.lora_grad, kernels.lora_grad_configs, kernels.lora_grad_tuned)
+    kernel[grid](
         g, h, out,
         M, P, R, _m_bucket(M), m_per_split, float(scale),
         g.stride(0), g.stride(1),
@@ -418,6 +471,7 @@ def _launch_lora_grad(g: torch.Tensor, h: torch.Tensor, scale: float, *, transpo
         out.stride(0), stride_op, stride_or,
         BLOCK_R=_block_r(R),
         PRECISION="tf32x3" if half else _fp32_precision(),
+        **config,
     )  # fmt: skip
     return out.sum(0)
 
@@ -565,8 +619,9 @@ def is_available() -> bool:
 
 
 def fused_lora_supported(x: torch.Tensor) -> bool:
-    """Whether ``lora_matmul(x, ...)`` runs the fused Triton kernel: triton is importable and x is on CUDA."""
-    return _HAS_TRITON and x.is_cuda
+    """Whether ``lora_matmul(x, ...)`` runs the fused Triton kernel (its one dispatch test): triton is importable
+    and x is on CUDA, or on the CPU under Triton's interpreter."""
+    return _HAS_TRITON and (x.is_cuda or (x.device.type == "cpu" and _interpreter_ready()))
 
 
 def _check_shapes(
@@ -643,7 +698,7 @@ def lora_matmul(
     n, k, _ = _check_shapes(x, weight, lora_a, lora_b, bias, weight_layout)
     if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):
         raise ValueError("lora_matmul treats weight and bias as frozen: set requires_grad=False on them")
-    if not (_HAS_TRITON and (x.is_cuda or (x.device.type == "cpu" and _interpreter_ready()))):
+    if not fused_lora_supported(x):
         return lora_matmul_ref(x, weight, lora_a, lora_b, scale, bias, weight_layout=weight_layout)
     save_xa = torch.is_grad_enabled() and lora_b.requires_grad
     y, _ = torch.ops.kdfast.lora_matmul(

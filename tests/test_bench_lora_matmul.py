@@ -1,6 +1,7 @@
 """benchmarks/bench_lora_matmul.py's CPU-side logic: the cost model, the CSV, and its exit without CUDA."""
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,18 @@ def test_point_metrics(bench) -> None:
     assert got["gbps"] == pytest.approx(n_bytes / 10e-6 / 1e9)
     assert got["tflops"] == pytest.approx(bench.flops("fused", 64, 768, 768, 16) / 10e-6 / 1e12)
     assert got["pct_of_bw_bound"] == pytest.approx(100 * bench.bandwidth_bound_us(n_bytes, 3.35) / 10.0)
+    unknown = bench.point_metrics("fused", 64, 768, 768, 16, 2, us=10.0, tbps=None)
+    assert unknown["bw_bound_us"] == unknown["pct_of_bw_bound"] == "" and unknown["gbps"] == got["gbps"]
+
+
+@pytest.mark.parametrize(
+    ("name", "tbps"),
+    [("NVIDIA H200", 4.8), ("NVIDIA H200 NVL", 4.8), ("NVIDIA H100 80GB HBM3", 3.35), ("NVIDIA H100 PCIe", 2.0),
+     ("NVIDIA H100 NVL", 3.9), ("NVIDIA A100-SXM4-80GB", 2.039), ("NVIDIA A100-SXM4-40GB", 1.555),
+     ("NVIDIA GH200 480GB", None), ("NVIDIA GeForce RTX 4090", None), ("cpu", None)],
+)  # fmt: skip
+def test_hbm_bandwidth_by_device_name(bench, name: str, tbps: float | None) -> None:
+    assert bench.hbm_tbps(name) == tbps
 
 
 def test_append_csv_writes_header_once(bench, tmp_path: Path) -> None:
@@ -67,9 +80,12 @@ def test_summarize(bench) -> None:
     assert "1.20" in text and "M=4096" in text and "1.80" in text
 
 
-def test_git_commit(bench) -> None:
+def test_git_commit(bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KDFAST_COMMIT", raising=False)
     assert bench.git_commit() != ""
     assert bench.git_commit(Path("/")) == "unknown"
+    monkeypatch.setenv("KDFAST_COMMIT", "abc1234-dirty")  # what gpu_check.sh reads from its commit file
+    assert bench.git_commit(Path("/")) == "abc1234-dirty"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit without CUDA")
@@ -86,6 +102,22 @@ def test_providers_compute_the_same_function(bench, layout: str) -> None:
         torch.testing.assert_close(fns[provider](), reference, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["conv1d", "linear"])
+def test_backward_providers_compute_the_same_gradients(bench, layout: str) -> None:
+    fns, trainable = bench.make_backward_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device="cpu")
+    reference = fns["reference"]()
+    for provider in bench.PROVIDERS:
+        grads = fns[provider]()
+        assert len(grads) == (1 if provider == "merged" else 3) == len(trainable[provider])
+        for got, want in zip(grads, reference, strict=False):  # merged: dx only
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_timer_calls_bind_to_the_installed_triton(bench) -> None:
+    bench.check_timer_signatures()
+
+
 def test_fused_is_accurate(bench) -> None:
     eps = torch.finfo(torch.float16).eps
     assert bench.fused_is_accurate({"fused": 1e-3, "unfused": 1e-3}, 1.0, torch.float16)
@@ -96,16 +128,26 @@ def test_fused_is_accurate(bench) -> None:
 
 
 def test_measure_table_and_rows(bench, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The whole measurement loop on the CPU with a fake timer: the table prints and every row is complete."""
-    args = bench.parse_args(["--m", "1", "3", "--shapes", "attn.c_proj", "--dtype", "fp32", "--rank", "4",
-                             "--csv", str(tmp_path / "out.csv")])  # fmt: skip
+    """The whole measurement loop on the CPU with fake timers: the table prints and every row is complete."""
+    args = bench.parse_args(["--m", "1", "80", "--backward-m", "3", "--shapes", "attn.c_proj", "--dtype", "fp32",
+                             "--layout", "linear", "--rank", "4", "--csv", str(tmp_path / "out.csv")])  # fmt: skip
     fake_ms = {"merged": 0.010, "unfused": 0.030, "fused": 0.011}
-    calls = iter(fake_ms[p] for _ in args.m for p in bench.PROVIDERS)
-    rows = bench.measure(args, device="cpu", time_ms=lambda fn: next(calls))
-    assert len(rows) == 2 * 3 and all(set(row) == set(bench.CSV_FIELDS) for row in rows)
+    providers = iter(p for _ in range(3) for p in bench.PROVIDERS)  # two forward points, then one backward
+    graphed = iter(p for p in bench.PROVIDERS)  # M = 1 only: 80 > --cudagraph-max-m
+
+    def time_ms(fn, grad_to_none=None) -> float:
+        return fake_ms[next(providers)]
+
+    rows = bench.measure(args, device="cpu", time_ms=time_ms, graph_ms=lambda fn: fake_ms[next(graphed)] / 2)
+    assert len(rows) == 3 * 3 and [row["pass"] for row in rows[::3]] == ["forward", "forward", "backward"]
+    forward = [row for row in rows if row["pass"] == "forward"]
+    assert all(set(row) == set(bench.CSV_FIELDS) for row in forward)
+    assert [row["us_cudagraph"] for row in forward if row["provider"] == "fused"] == [5.5, ""]
     fused = [row for row in rows if row["provider"] == "fused"]
     assert all(row["fused_over_merged"] == pytest.approx(1.1) for row in fused)
     assert all(row["unfused_over_fused"] == pytest.approx(30 / 11) for row in fused)
     assert all(row["max_abs_err"] < 1e-3 and row["fused_accurate"] for row in fused)
-    assert "attn.c_proj" in capsys.readouterr().out
+    assert all(row["fused_config"].startswith(("fixed", "tuned")) for row in fused if row["pass"] == "forward")
+    out = capsys.readouterr().out
+    assert "attn.c_proj" in out and "fwd+bwd" in out
     assert len(args.csv.read_text().splitlines()) == 1 + len(rows)  # appended point by point
