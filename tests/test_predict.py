@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, train_tiny_student
 
 import kdfast
 from kdfast.serve.predict import Classifier, softmax
@@ -28,21 +28,17 @@ SENTENCES = ["The book that John wrote was read by everyone.", "Books.", "Who di
 def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny teacher and a tiny student, each exported (fp32, and optimized/int8 where they pass), and a copy of
     the student without its export."""
-    from kdfast.distill import ScratchConfig
-    from kdfast.distill import run as train_student
     from kdfast.export import ExportConfig, run_dropping_failed_int8
 
     root = tmp_path_factory.mktemp("predict-runs")
     teacher = root / "teacher"
     shutil.copytree(teacher_run, teacher, ignore=shutil.ignore_patterns("onnx"))
-    student = root / "student"
+    student = train_tiny_student(root / "student", cola_dir)
+    bare = root / "student-bare"
+    shutil.copytree(student, bare)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_student(ScratchConfig(data=str(cola_dir), out=student, hidden=8, embed_dim=8, epochs=1,
-                                    max_train_samples=48, batch_size=16, device="cpu", progress=False))
-        bare = root / "student-bare"
-        shutil.copytree(student, bare)
         for run_dir, optimize in ((teacher, True), (student, False)):
             run_dropping_failed_int8(ExportConfig(run_dir=run_dir, optimize=optimize, int8=True,
                                                   max_check_sentences=16, progress=False), lambda *a, **k: None)
