@@ -146,3 +146,20 @@ def test_triton_config_asks_for_dynamic_batching_and_instances(tmp_path: Path, s
     assert config["max_batch_size"] == 64 and config["dynamic_batching"]
     assert "preferred_batch_size: [ 8, 16, 32, 64 ]" in text and "max_queue_delay_microseconds: 1000" in text
     assert "instance_group [" in text and "count: 2" in text and "kind: KIND_AUTO" in text
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 8])
+def test_the_api_answers_one_request_or_a_batch(student: Path, max_batch_size: int) -> None:
+    """LitServe hands predict a list of requests when batching, one request when not (--max-batch-size 1)."""
+    from kdfast.serve.server import ClassifierAPI, ServeConfig
+
+    api = ClassifierAPI(ServeConfig(run_dir=student, runtime="onnx", max_batch_size=max_batch_size))
+    api.setup("cpu")
+    clf = Classifier(student, "onnx")
+    if max_batch_size == 1:
+        answer = api.predict(SENTENCES[:3])
+        assert answer["labels"] == clf.predict(SENTENCES[:3]) and answer["batch"]["requests"] == 1
+    else:
+        answers = api.unbatch(api.predict(api.batch([SENTENCES[:2], SENTENCES[2:3]])))
+        assert [a["labels"] for a in answers] == [clf.predict(SENTENCES[:2]), clf.predict(SENTENCES[2:3])]
+        assert answers[0]["batch"] == answers[1]["batch"] and answers[0]["batch"]["texts"] == 3

@@ -15,6 +15,7 @@ No ``from __future__ import annotations`` here: LitServe and FastAPI read ``deco
 
 import itertools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -78,7 +79,9 @@ class ClassifierAPI(ls.LitAPI):
     """setup (load once per worker), decode_request, predict on a batch of requests, encode_response."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        super().__init__(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout_ms / 1000)
+        with warnings.catch_warnings():  # batching off (--max-batch-size 1) on purpose: LitServe's warning is noise
+            warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
+            super().__init__(max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout_ms / 1000)
         self.cfg = cfg
 
     def setup(self, device: str) -> None:
@@ -95,18 +98,21 @@ class ClassifierAPI(ls.LitAPI):
     def batch(self, inputs: list[list[str]]) -> list[list[str]]:
         return inputs  # a batch of requests stays a list of lists; predict flattens it
 
-    def predict(self, x: list[list[str]]) -> list[dict[str, Any]]:
-        """Every text of every request of the batch in one call; each request gets its own rows back, in order."""
-        texts = [t for request in x for t in request]
+    def predict(self, x: list[list[str]] | list[str]) -> list[dict[str, Any]] | dict[str, Any]:
+        """Every text of every request of the batch in one call; each request gets its own rows back, in order.
+        With --max-batch-size 1 LitServe passes one request (its texts) and expects one answer."""
+        batched = self.max_batch_size > 1
+        requests: list[list[str]] = x if batched else [x]  # type: ignore[assignment,list-item]
+        texts = [t for request in requests for t in request]
         probs = self.clf.predict_proba(texts)  # (N, C)
-        batch = {"id": f"{os.getpid()}-{next(self.batches)}", "requests": len(x), "texts": len(texts)}
+        batch = {"id": f"{os.getpid()}-{next(self.batches)}", "requests": len(requests), "texts": len(texts)}
         out, start = [], 0
-        for request in x:
+        for request in requests:
             p = probs[start : start + len(request)]
             start += len(request)
             out.append({"labels": [self.clf.labels[i] for i in p.argmax(axis=1)], "probs": p.tolist(),
                         "batch": batch})
-        return out
+        return out if batched else out[0]
 
     def unbatch(self, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return output
