@@ -105,7 +105,7 @@ def variant_file(manifest: dict[str, Any], variant: str) -> str:
                       f"{' --int8' if variant == 'int8' else ''}")
 
 
-def onnx_backend(run_dir: Path, runtime: str, threads: int | None) -> Backend:
+def onnx_backend(run_dir: Path, runtime: str, threads: int | None, spin: bool = True) -> Backend:
     import onnxruntime as ort
 
     folder = Path(run_dir) / ONNX_FOLDER
@@ -141,6 +141,8 @@ def onnx_backend(run_dir: Path, runtime: str, threads: int | None) -> Backend:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:  # a server: idle ONNX Runtime threads sleep instead of spinning on the cores HTTP needs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
@@ -209,7 +211,7 @@ class Classifier:
     """
 
     def __init__(self, run_dir: str | Path, runtime: str = "auto", batch_size: int = 64, threads: int | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", spin: bool = True) -> None:
         run_dir = Path(run_dir)
         info = read_run_info(run_dir)
         self.run_dir, self.kind, self.labels = run_dir, str(info["kind"]), run_labels(run_dir)
@@ -221,7 +223,7 @@ class Classifier:
         if self.runtime == "torch":
             self.backend = torch_backend(run_dir, device, threads)
         else:
-            self.backend = onnx_backend(run_dir, self.runtime, threads)
+            self.backend = onnx_backend(run_dir, self.runtime, threads, spin)
         manifest = Path(run_dir) / ONNX_FOLDER / MANIFEST
         self.manifest_sha256 = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None
 

@@ -89,7 +89,7 @@ class ClassifierAPI(ls.LitAPI):
 
         cfg = self.cfg
         self.clf = Classifier(cfg.run_dir, cfg.runtime, batch_size=cfg.batch_size, threads=cfg.threads,
-                              device=cfg.device)
+                              device=cfg.device, spin=False)
         self.batches = itertools.count(1)
 
     def decode_request(self, request: PredictRequest) -> list[str]:
@@ -154,7 +154,7 @@ def build(cfg: ServeConfig) -> ls.LitServer:
         variant_file(manifest, {"onnx": "fp32", "onnx-opt": "optimized", "onnx-int8": "int8"}[meta["runtime"]])
     PredictRequest.limits = (cfg.max_texts, cfg.max_chars)
     server = ls.LitServer(ClassifierAPI(cfg), accelerator="cpu", devices=1, workers_per_device=cfg.workers,
-                          timeout=60)
+                          timeout=60, fast_queue=True)
     server.app.add_api_route("/metadata", lambda: meta, methods=["GET"])
     return server
 
@@ -163,6 +163,7 @@ def serve(cfg: ServeConfig) -> None:
     """Build the server and run it until interrupted."""
     server = build(cfg)
     try:
-        server.run(host=cfg.host, port=cfg.port, generate_client_file=False, pretty_logs=False)
+        # no access log: a line per request costs the HTTP process as much CPU as a small model's forward pass
+        server.run(host=cfg.host, port=cfg.port, generate_client_file=False, pretty_logs=False, log_level="warning")
     except ValueError as e:
         raise KdfastError(str(e)) from None
