@@ -51,7 +51,7 @@ class Writer:
 
         table = Table()
         table.add_column("text", overflow="fold")
-        table.add_column("label")
+        table.add_column("label", no_wrap=True)
         for name in self.labels:
             table.add_column(f"p({name})", justify="right")
         for text, label, probs in self.rows:
@@ -99,6 +99,7 @@ def predict_command(
 
     start = time.perf_counter()
     clf = Classifier(run_dir, runtime, batch_size=batch_size, threads=threads, device=device)
+    loaded = time.perf_counter()
     if progress:
         why = "" if clf.requested != "auto" else " (auto)"
         err.print(f"runtime {clf.runtime}{why}: {clf.backend.description}", highlight=False, soft_wrap=True)
@@ -118,11 +119,12 @@ def predict_command(
             raise KdfastError(f"no sentences to classify{' in ' + str(file) if file else ''}"
                               + (f" ({skipped.blank} blank lines)" if skipped.blank else ""))
         writer.close()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - loaded  # reading, predicting and writing; loading the model is apart
     if skipped.blank:
         err.print(f"[yellow]note[/]: skipped {skipped.blank} blank line(s) (line {', '.join(map(str, skipped.lines))}"
                   f"{', ...' if skipped.blank > len(skipped.lines) else ''})", highlight=False)
     if progress:
-        err.print(f"{n} sentences in {seconds:.2f} s: {n / seconds:.1f} sentences/s", highlight=False)
+        err.print(f"{n} sentences in {seconds:.3f} s: {n / seconds:.1f} sentences/s (model loaded in "
+                  f"{loaded - start:.3f} s)", highlight=False)
     if out is not None:
         err.print(f"wrote {out}", highlight=False)

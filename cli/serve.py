@@ -18,6 +18,7 @@ def serve_command(
     runtime: str = typer.Option("auto", help="auto, torch, onnx, onnx-opt or onnx-int8 (as kdfast predict)."),
     max_batch_size: int = typer.Option(32, help="Requests batched into one forward pass, at most; 1: no batching."),
     batch_timeout_ms: float = typer.Option(5.0, help="How long a batch waits to fill, in milliseconds."),
+    batch_size: int = typer.Option(16, help="Sentences per forward pass within a batch (sorted by length)."),
     workers: int = typer.Option(1, help="Model processes, each batching on its own."),
     threads: int | None = typer.Option(None, help="Intra-op threads per worker (default: the runtime's)."),
     max_texts: int = typer.Option(256, help="Texts per request, at most (more: a 422)."),
@@ -30,5 +31,5 @@ def serve_command(
     except ImportError as e:
         raise KdfastError(f"kdfast serve needs LitServe: pip install 'kdfast[serve]' ({e})") from None
     serve(ServeConfig(run_dir=run_dir, host=host, port=port, runtime=runtime, max_batch_size=max_batch_size,
-                      batch_timeout_ms=batch_timeout_ms, workers=workers, threads=threads, max_texts=max_texts,
-                      max_chars=max_chars, device=device))
+                      batch_timeout_ms=batch_timeout_ms, batch_size=batch_size, workers=workers, threads=threads,
+                      max_texts=max_texts, max_chars=max_chars, device=device))
