@@ -95,7 +95,7 @@ def predict_command(
     if fmt not in FORMATS:
         raise KdfastError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     from kdfast.serve.inputs import Skipped, iter_texts
-    from kdfast.serve.predict import Classifier
+    from kdfast.serve.predict import CHUNK, Classifier
 
     start = time.perf_counter()
     clf = Classifier(run_dir, runtime, batch_size=batch_size, threads=threads, device=device)
@@ -112,7 +112,7 @@ def predict_command(
         chosen = fmt if fmt != "auto" else ("table" if out is None and sys.stdout.isatty() else "jsonl")
         writer = Writer(chosen, clf.labels, stream)
         shown = progress and err.is_terminal
-        for text, probs in clf.stream(with_progress(items, shown, total), chunk=max(batch_size * 16, 1024)):
+        for text, probs in clf.stream(with_progress(items, shown, total), chunk=max(batch_size * 16, CHUNK)):
             writer.write(text, probs)
             n += 1
         if n == 0:

@@ -163,3 +163,17 @@ def test_the_api_answers_one_request_or_a_batch(student: Path, max_batch_size: i
         answers = api.unbatch(api.predict(api.batch([SENTENCES[:2], SENTENCES[2:3]])))
         assert [a["labels"] for a in answers] == [clf.predict(SENTENCES[:2]), clf.predict(SENTENCES[2:3])]
         assert answers[0]["batch"] == answers[1]["batch"] and answers[0]["batch"]["texts"] == 3
+
+
+def test_serve_refuses_bad_arguments_before_starting(student: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import run_cli
+
+    for args, message in [([str(tmp_path / "missing")], "no such run folder"),
+                          ([str(student), "--runtime", "onnx-opt"], "the export has no optimized model"),
+                          ([str(student), "--runtime", "tf"], "--runtime 'tf'"),
+                          ([str(student), "--port", "80"], "--port must be from 1024 to 65535"),
+                          ([str(student), "--host", "example.com"], "--host must be"),
+                          ([str(student), "--max-batch-size", "0"], "--max-batch-size must be at least 1")]:
+        code, _, err = run_cli(["serve", *args], capsys)
+        assert code != 0 and "error: " in err and message in err, (args, err)
