@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,20 @@ def test_help_and_onnx_student_predict_import_no_torch(runs: dict[str, Path]) ->
         done = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True,
                               timeout=120)
         assert "LOADED []" in done.stderr, (argv, done.stderr[-2000:])
+
+
+def test_stream_reads_a_chunk_at_a_time(runs: dict[str, Path]) -> None:
+    """An endless input still yields: predictions come a chunk at a time, the input is never read whole."""
+    import itertools
+
+    read = 0
+
+    def endless() -> Iterator[str]:
+        nonlocal read
+        for s in itertools.cycle(SENTENCES):
+            read += 1
+            yield s
+
+    first = list(itertools.islice(Classifier(runs["student"], "onnx").stream(endless(), chunk=8), 10))
+    assert [t for t, _ in first] == [SENTENCES[i % len(SENTENCES)] for i in range(10)]
+    assert read == 16  # two chunks of 8
