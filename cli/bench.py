@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdfast.bench import BenchConfig, run
-from kdfast.bench_report import cell, compare, load_report, meta_differences, meta_line, ratio_line
 from kdfast.cli.main import app
 from kdfast.cli.output import console
 from kdfast.errors import KdfastError
@@ -22,6 +20,8 @@ COLUMNS = [("model", "model"), ("variant", "variant"), ("batch", "batch_size"), 
 
 
 def results_table(report: dict[str, Any]) -> Table:
+    from kdfast.bench_report import cell
+
     table = Table(title="kdfast bench")
     for title, key in COLUMNS:
         table.add_column(title, justify="left" if key in ("model", "variant") else "right")
@@ -82,6 +82,8 @@ def bench_command(
 ) -> None:
     """Latency (p50/p90/p99/mean, cv, sentences/s) and dev accuracy/MCC of every variant of a teacher and its
     students: PyTorch unmerged/merged/fused, ONNX Runtime fp32/optimized/int8, student eager/compiled/ONNX."""
+    from kdfast.bench_report import compare, load_report, meta_differences, meta_line, ratio_line
+
     if compare_files is not None and all(p is not None for p in compare_files):
         a, b = compare_files
         ra, rb = load_report(a), load_report(b)
@@ -89,6 +91,8 @@ def bench_command(
         for diff in meta_differences(ra, rb):
             console.print(f"[yellow]note[/]: the two runs differ in {diff}")
         return
+    from kdfast.bench import BenchConfig, run
+
     cfg = BenchConfig(teacher=teacher, students=list(student or []), batch_sizes=parse_batch_sizes(batch_sizes),
                       threads=threads, device=device, warmup=warmup, iters=iters, min_time=min_time, data=data,
                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,

@@ -11,8 +11,6 @@ import typer
 from kdfast.cli import options
 from kdfast.cli.main import app, train_app
 from kdfast.cli.output import console, dev_table
-from kdfast.distill import DistillConfig, ScratchConfig, run
-from kdfast.plots import plot_comparison
 from kdfast.runs import METRICS_FILE, read_json, read_run_info
 
 
@@ -67,7 +65,10 @@ def distill(
 ) -> None:
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
     vocab.json, teacher_logits.safetensors and curves.png."""
-    cfg = DistillConfig(**locals())  # every option is a field of the config
+    fields = dict(locals())  # every option is a field of the config
+    from kdfast.distill import DistillConfig, run
+
+    cfg = DistillConfig(**fields)
     _report(run(cfg), "distilled student", out)
 
 
@@ -99,7 +100,10 @@ def train_rnn(
 ) -> None:
     """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
     teacher's logits."""
-    cfg = ScratchConfig(**locals())  # every option is a field of the config
+    fields = dict(locals())  # every option is a field of the config
+    from kdfast.distill import ScratchConfig, run
+
+    cfg = ScratchConfig(**fields)
     _report(run(cfg), "student from scratch", out)
 
 
@@ -115,5 +119,7 @@ def compare(
         rows.append((f"{r} ({info.get('mode') or info['kind']})", read_json(r / METRICS_FILE)["best"]))
     console.print(dev_table("best epoch of each run", rows))
     if plot is not None:
+        from kdfast.plots import plot_comparison
+
         plot_comparison(runs, plot)
         console.print(f"wrote {plot}")

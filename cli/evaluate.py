@@ -9,7 +9,6 @@ import typer
 
 from kdfast.cli.main import app
 from kdfast.cli.output import console, dev_table
-from kdfast.evaluate import evaluate_run
 
 
 @app.command("eval")
@@ -22,6 +21,8 @@ def eval_command(
 ) -> None:
     """Accuracy, Matthews correlation and macro-F1 on the dev set (CoLA: 1,043 sentences, and its in- and
     out-of-domain halves)."""
+    from kdfast.evaluate import evaluate_run
+
     report = evaluate_run(run_dir, data, device)
     if json_out:
         print(json.dumps(report, indent=2))

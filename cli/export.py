@@ -11,8 +11,6 @@ from rich.table import Table
 from kdfast.cli.main import app
 from kdfast.cli.output import console
 from kdfast.errors import KdfastError
-from kdfast.export import ExportConfig, ParityError
-from kdfast.export import run as run_export
 
 
 def parity_table(manifest: dict[str, Any]) -> Table:
@@ -77,6 +75,9 @@ def export_command(
     """Export a run's model to ONNX and prove it equal to PyTorch on the whole CoLA dev set."""
     if not onnx:
         raise KdfastError("say which format: --onnx (the only one so far), e.g. kdfast export --onnx RUN_DIR")
+    from kdfast.export import ExportConfig, ParityError
+    from kdfast.export import run as run_export
+
     cfg = ExportConfig(run_dir=run_dir, out=out, opset=opset, optimize=optimize, int8=int8, fp16=fp16,
                        triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data)
     if no_check:

@@ -7,8 +7,6 @@ import sys
 import typer
 
 from kdfast.cli.main import app
-from kdfast.generate import GenerateConfig
-from kdfast.generate import run as run_generate
 
 
 @app.command("generate")
@@ -26,6 +24,9 @@ def generate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Continue a prompt (with the KV cache). Prints prompt + continuation on stdout and the speed on stderr."""
+    from kdfast.generate import GenerateConfig
+    from kdfast.generate import run as run_generate
+
     cfg = GenerateConfig(prompt=prompt, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
                          top_k=top_k, top_p=top_p, seed=seed, num_return_sequences=num_return_sequences,
                          stream=stream, ignore_eos=ignore_eos, device=device)

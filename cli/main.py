@@ -33,7 +33,7 @@ train_app = typer.Typer(help="Train the LoRA teacher (lora) or the RNN student f
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-from kdfast.cli import bench, distill, evaluate, export, generate, pipeline, train  # noqa: E402,F401  (register commands)
+from kdfast.cli import bench, distill, evaluate, export, generate, pipeline, predict, serve, train  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:

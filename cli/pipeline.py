@@ -9,8 +9,6 @@ import typer
 from kdfast.cli import options
 from kdfast.cli.main import app
 from kdfast.cli.output import console
-from kdfast.pipeline import PipelineConfig
-from kdfast.pipeline import run as run_pipeline
 
 
 @app.command("pipeline")
@@ -29,7 +27,11 @@ def pipeline_command(
 ) -> None:
     """Everything, once: teacher, students, ONNX export (fp32 and int8) and the benchmark. Re-running resumes:
     stages whose outputs exist and were made with the same configuration are skipped."""
-    result = run_pipeline(PipelineConfig(**locals()))  # every option is a field of the config
+    fields = dict(locals())  # every option is a field of the config
+    from kdfast.pipeline import PipelineConfig
+    from kdfast.pipeline import run as run_pipeline
+
+    result = run_pipeline(PipelineConfig(**fields))
     from kdfast.cli.bench import results_table, wide_console
     from kdfast.runs import read_json
 

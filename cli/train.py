@@ -9,8 +9,6 @@ import typer
 from kdfast.cli import options
 from kdfast.cli.main import train_app
 from kdfast.cli.output import console, dev_table
-from kdfast.teacher import TeacherConfig
-from kdfast.teacher import run as run_teacher
 
 
 @train_app.command("lora")
@@ -39,7 +37,11 @@ def train_lora(
 ) -> None:
     """Fine-tune a classifier with LoRA on CoLA or your data: the teacher. Writes metrics.json, adapter/, merged/,
     curves.png."""
-    cfg = TeacherConfig(**locals())  # every option is a field of the config
+    fields = dict(locals())  # every option is a field of the config
+    from kdfast.teacher import TeacherConfig
+    from kdfast.teacher import run as run_teacher
+
+    cfg = TeacherConfig(**fields)
     metrics = run_teacher(cfg)
     best = metrics["best"]
     console.print(dev_table(f"teacher, best epoch {best['epoch']}", [(model, best)]))

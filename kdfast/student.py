@@ -30,8 +30,6 @@ to a multiple of ``COMPILE_LENGTH_MULTIPLE`` steps, so a handful of graphs serve
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from torch import nn
 from kdfast.batching import length_sorted_batches, pad_batch
 from kdfast.errors import KdfastError, require
 from kdfast.runs import read_json, read_run_info, write_json
+from kdfast.vocab import MASK, PAD, UNK, WordVocab, split_words  # noqa: F401  (re-exported: the student's vocabulary)
 
 CELLS = ("lstm", "gru")
 POOLINGS = ("mean", "max", "last")
@@ -55,55 +54,6 @@ COMPILE_LENGTH_MULTIPLE = 8
 STUDENT_FILE = "student.safetensors"
 CONFIG_FILE = "student_config.json"
 VOCAB_FILE = "vocab.json"
-
-
-# --- the vocabulary
-
-
-PAD, UNK, MASK = "<pad>", "<unk>", "[MASK]"
-_WORD = re.compile(r"\[MASK\]|\w+(?:'\w+)*|[^\w\s]")
-
-
-def split_words(sentence: str) -> list[str]:
-    """Lower-cased words (``don't`` and ``John's`` stay whole) and punctuation marks; ``[MASK]`` kept as is."""
-    return [w if w == MASK else w.lower() for w in _WORD.findall(sentence)]
-
-
-class WordVocab:
-    """Word → id. Ids 0, 1, 2 are ``<pad>``, ``<unk>`` and ``[MASK]`` (the augmentation's masked word)."""
-
-    FORMAT = "kdfast-words-v1"
-    pad_id, unk_id, mask_id = 0, 1, 2
-
-    def __init__(self, words: list[str], min_freq: int = 1) -> None:
-        self.words = [PAD, UNK, MASK, *(w for w in words if w not in (PAD, UNK, MASK))]
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.min_freq = min_freq
-
-    @classmethod
-    def build(cls, sentences: list[str], min_freq: int = 2) -> WordVocab:
-        """Words seen at least ``min_freq`` times, most frequent first (ties alphabetical, so builds are stable)."""
-        counts = Counter(w for s in sentences for w in split_words(s))
-        kept = sorted((w for w, n in counts.items() if n >= min_freq), key=lambda w: (-counts[w], w))
-        return cls(kept, min_freq)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def encode(self, sentence: str, max_length: int | None = None) -> list[int]:
-        """Ids of a sentence, at least one (an empty sentence is ``<unk>``), at most ``max_length``."""
-        ids = [self.index.get(w, self.unk_id) for w in split_words(sentence)] or [self.unk_id]
-        return ids[:max_length] if max_length else ids
-
-    def save(self, path: Path) -> None:
-        write_json(path, {"format": self.FORMAT, "min_freq": self.min_freq, "words": self.words})
-
-    @classmethod
-    def load(cls, path: Path) -> WordVocab:
-        obj = read_json(path)
-        if not isinstance(obj, dict) or obj.get("format") != cls.FORMAT or not isinstance(obj.get("words"), list):
-            raise KdfastError(f"{path}: not a kdfast word vocabulary")
-        return cls(obj["words"], obj.get("min_freq", 1))
 
 
 # --- the model

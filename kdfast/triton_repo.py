@@ -7,7 +7,12 @@ Triton serves ``REPO/<name>/<version>/model.onnx`` with ONNX Runtime, described 
     max_batch_size: 64                    # > 0: Triton owns the first axis, so dims below leave it out
     input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }, ... ]   # -1: the dynamic seq axis
     output [ { name: "logits" data_type: TYPE_FP32 dims: [ 2 ] } ]
-    dynamic_batching { }
+    dynamic_batching { preferred_batch_size: [ 8, 16, 32, 64 ] max_queue_delay_microseconds: 1000 }
+    instance_group [ { count: 2 kind: KIND_AUTO } ]   # two copies of the model per GPU, or on the CPU without one
+
+Dynamic batching merges requests that arrive within the queue delay (1 ms) into one batch of up to max_batch_size,
+preferring the sizes listed; two instances let one batch run while the next is gathered. Untested against a live
+``tritonserver`` here (none runs on these machines): the README shows the command and a ``tritonclient`` call.
 
 Everything in the config is read off the ONNX graph itself, then the written file is parsed back and checked
 against the graph again, so a config that disagrees with its model is never left in place.
@@ -24,6 +29,8 @@ from kdfast.errors import KdfastError
 from kdfast.runs import staged_dir
 
 CONFIG_FILE = "config.pbtxt"
+QUEUE_DELAY_US = 1000  # how long Triton holds a request to batch it with others
+INSTANCES = 2  # model copies per device
 # ONNX TensorProto element types -> Triton data types (the ones a classifier's inputs and outputs can have).
 TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL"}
 
@@ -72,7 +79,17 @@ def config_text(name: str, io: dict[str, list[dict[str, Any]]], max_batch_size: 
 
     return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
             + block("input", triton_tensors(io["inputs"])) + block("output", triton_tensors(io["outputs"]))
-            + "dynamic_batching { }\n")
+            + dynamic_batching(max_batch_size) + instance_group())
+
+
+def dynamic_batching(max_batch_size: int) -> str:
+    preferred = [b for b in (8, 16, 32, 64, 128) if b <= max_batch_size] or [max_batch_size]
+    return (f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+            f"  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}\n")
+
+
+def instance_group() -> str:
+    return f"instance_group [\n  {{\n    count: {INSTANCES}\n    kind: KIND_AUTO\n  }}\n]\n"
 
 
 _TENSOR = re.compile(r'\{\s*name:\s*"([^"]+)"\s*data_type:\s*(\w+)\s*dims:\s*\[([^\]]*)\]\s*\}')

@@ -88,3 +88,20 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old_argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def train_tiny_student(out: Path, data: Path) -> Path:
+    """A tiny student trained from scratch on 48 sentences, on one thread: a run folder in seconds."""
+    import torch
+
+    from kdfast.distill import ScratchConfig
+    from kdfast.distill import run as train_student
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_student(ScratchConfig(data=str(data), out=out, hidden=8, embed_dim=8, epochs=1, max_train_samples=48,
+                                    batch_size=16, device="cpu", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return out

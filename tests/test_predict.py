@@ -1,0 +1,222 @@
+"""``kdfast predict`` and ``kdfast.load``: every runtime gives ``kdfast eval``'s logits, on a tiny teacher and a tiny
+student; inputs from arguments, files and stdin; ``auto`` picks an export and falls back to torch; bad input is an
+``error:`` line; ``kdfast --help`` imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli, train_tiny_student
+
+import kdfast
+from kdfast.serve.predict import Classifier, softmax
+
+SENTENCES = ["The book that John wrote was read by everyone.", "Books.", "Who did you see Mary and?",
+             "She sang , and he danced .", "It is raining cats and dogs", "the the the"]
+
+
+@pytest.fixture(scope="module")
+def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny teacher and a tiny student, each exported (fp32, and optimized/int8 where they pass), and a copy of
+    the student without its export."""
+    from kdfast.export import ExportConfig, run_dropping_failed_int8
+
+    root = tmp_path_factory.mktemp("predict-runs")
+    teacher = root / "teacher"
+    shutil.copytree(teacher_run, teacher, ignore=shutil.ignore_patterns("onnx"))
+    student = train_tiny_student(root / "student", cola_dir)
+    bare = root / "student-bare"
+    shutil.copytree(student, bare)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for run_dir, optimize in ((teacher, True), (student, False)):
+            run_dropping_failed_int8(ExportConfig(run_dir=run_dir, optimize=optimize, int8=True,
+                                                  max_check_sentences=16, progress=False), lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
+    return {"teacher": teacher, "student": student, "bare": bare}
+
+
+def eval_logits(run_dir: Path) -> np.ndarray:
+    from kdfast.evaluate import run_logits
+
+    return run_logits(run_dir, SENTENCES, torch.device("cpu"))
+
+
+def onnx_variant_logits(run_dir: Path, variant: str) -> np.ndarray:
+    """The export's own logits for a variant, as its parity check computes them."""
+    from kdfast.onnx_parity import onnx_logits, session
+
+    manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
+    file = next(v["file"] for v in manifest["variants"] if v["variant"] == variant)
+    clf = Classifier(run_dir, "torch")  # its encoder is the export's (same tokenizer / vocabulary)
+    return onnx_logits(session(run_dir / "onnx" / file), clf.backend.encode(SENTENCES), clf.backend.pad_id)
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_every_runtime_gives_eval_logits(runs: dict[str, Path], kind: str) -> None:
+    run_dir = runs[kind]
+    want = eval_logits(run_dir)
+    manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
+    variants = {v["variant"] for v in manifest["variants"]}
+    checked = []
+    for runtime, variant in (("torch", None), ("onnx", "fp32"), ("onnx-opt", "optimized"), ("onnx-int8", "int8")):
+        if variant is not None and variant not in variants:
+            continue
+        clf = kdfast.load(run_dir, runtime=runtime, batch_size=64)  # int8: the parity check's batches
+        got = clf.logits(SENTENCES)
+        assert got.shape == (len(SENTENCES), len(clf.labels))
+        if variant in (None, "fp32", "optimized"):
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)  # exact up to float summation order
+        else:  # int8: the quantized model's own logits (its agreement with PyTorch is the export's check); dynamic
+            # quantization scales activations per batch, so its logits depend a little on what is batched together
+            np.testing.assert_allclose(got, onnx_variant_logits(run_dir, variant), atol=1e-5)
+        np.testing.assert_allclose(clf.predict_proba(SENTENCES), softmax(got), atol=1e-7)
+        assert clf.predict(SENTENCES) == [clf.labels[i] for i in got.argmax(axis=1)]
+        checked.append(runtime)
+    assert {"torch", "onnx"} <= set(checked)
+
+
+def test_batch_size_and_order_do_not_change_logits(runs: dict[str, Path]) -> None:
+    one = Classifier(runs["student"], "onnx", batch_size=1).logits(SENTENCES)
+    many = Classifier(runs["student"], "onnx", batch_size=64).logits(SENTENCES)
+    np.testing.assert_allclose(one, many, atol=1e-5)
+    streamed = np.stack([p for _, p in Classifier(runs["student"], "onnx").stream(iter(SENTENCES), chunk=4)])
+    np.testing.assert_allclose(streamed, softmax(many), atol=1e-5)
+
+
+def test_auto_picks_an_export_and_falls_back_to_torch(runs: dict[str, Path]) -> None:
+    teacher = Classifier(runs["teacher"], "auto")
+    assert teacher.runtime == "onnx-opt"  # optimized passed parity: the fastest
+    assert Classifier(runs["student"], "auto").runtime in ("onnx", "onnx-int8")
+    assert Classifier(runs["bare"], "auto").runtime == "torch"
+    assert teacher.describe()["manifest_sha256"] and Classifier(runs["bare"]).describe()["manifest_sha256"] is None
+
+
+def test_auto_skips_a_variant_that_failed_parity(runs: dict[str, Path], tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher"
+    shutil.copytree(runs["teacher"], teacher)
+    path = teacher / "onnx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for v in manifest["parity"]["variants"]:
+        v["passed"] = v["variant"] not in ("optimized", "int8")
+    path.write_text(json.dumps(manifest))
+    assert Classifier(teacher, "auto").runtime == "onnx"
+
+
+def jsonl(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_cli_arguments_jsonl_and_csv(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = runs["student"]
+    want = Classifier(run_dir, "onnx").predict_proba(SENTENCES[:2])
+    code, out, err = run_cli(["predict", str(run_dir), *SENTENCES[:2], "--runtime", "onnx"], capsys)
+    assert code == 0, err
+    rows = jsonl(out)  # not a terminal: JSON Lines
+    assert [r["text"] for r in rows] == SENTENCES[:2]
+    labels = kdfast.load(run_dir).labels
+    for r, p in zip(rows, want, strict=True):
+        assert list(r["probs"]) == labels and r["label"] == labels[int(p.argmax())]
+        np.testing.assert_allclose(list(r["probs"].values()), p, atol=1e-6)
+    assert "runtime onnx" in err and "sentences/s" in err
+    code, out, err = run_cli(["predict", str(run_dir), *SENTENCES[:2], "--format", "csv"], capsys)
+    assert code == 0, err
+    table = list(csv.reader(io.StringIO(out)))
+    assert table[0] == ["text", "label", *(f"p_{n}" for n in labels)] and [r[0] for r in table[1:]] == SENTENCES[:2]
+    code, out, err = run_cli(["predict", str(run_dir), SENTENCES[0], "--format", "table"], capsys)
+    assert code == 0 and "p(" in out
+
+
+def test_cli_files_and_stdin(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = runs["student"]
+    txt = tmp_path / "s.txt"
+    txt.write_text(SENTENCES[0] + "\n\n" + "\n".join(SENTENCES[1:]) + "\n")
+    code, out, err = run_cli(["predict", str(run_dir), "--file", str(txt)], capsys)
+    assert code == 0, err
+    assert [r["text"] for r in jsonl(out)] == SENTENCES
+    assert "skipped 1 blank line(s) (line 2)" in err  # said, not dropped silently
+
+    table = tmp_path / "s.csv"
+    with table.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "sentence"])
+        w.writerows([i, s] for i, s in enumerate(SENTENCES))
+    jl = tmp_path / "s.jsonl"
+    jl.write_text("".join(json.dumps({"body": s}) + "\n" for s in SENTENCES))
+    for path, extra in ((table, []), (jl, ["--text-column", "body"])):
+        out_file = tmp_path / f"{path.stem}-{path.suffix[1:]}.jsonl"
+        code, out, err = run_cli(["predict", str(run_dir), "--file", str(path), *extra, "--out", str(out_file)],
+                                 capsys)
+        assert code == 0, err
+        assert out == "" and [r["text"] for r in jsonl(out_file.read_text())] == SENTENCES
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(SENTENCES[:3]) + "\n"))
+    code, out, err = run_cli(["predict", str(run_dir)], capsys)
+    assert code == 0, err
+    assert [r["text"] for r in jsonl(out)] == SENTENCES[:3]
+
+
+def test_cli_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    no_model = tmp_path / "no-model"
+    shutil.copytree(runs["bare"], no_model)
+    (no_model / "student.safetensors").unlink()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    table = tmp_path / "t.csv"
+    table.write_text("id,body\n1,hello\n")
+    cases = [
+        (["predict", str(tmp_path / "missing"), "x"], "no such run folder"),
+        (["predict", str(no_model), "x", "--runtime", "torch"], "no model (student.safetensors missing)"),
+        (["predict", str(runs["bare"]), "x", "--runtime", "onnx"], "no ONNX export"),
+        (["predict", str(runs["student"]), "x", "--runtime", "onnx-opt"], "the export has no optimized model"),
+        (["predict", str(runs["student"]), "--file", str(empty)], "no sentences to classify"),
+        (["predict", str(runs["student"]), "--file", str(table)], "no column 'text' or 'sentence'"),
+        (["predict", str(runs["student"]), "--file", str(table), "--text-column", "x"], "no column 'x'"),
+        (["predict", str(runs["student"]), "--file", str(tmp_path / "nope.txt")], "no such file"),
+        (["predict", str(runs["student"]), "x", "--runtime", "tf"], "--runtime 'tf'"),
+        (["predict", str(runs["student"]), "x", "--format", "xml"], "--format 'xml'"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(args, capsys)
+        assert code != 0 and "error: " in err and message in err, (args, err)
+        assert "Traceback" not in err
+
+
+def test_help_and_onnx_student_predict_import_no_torch(runs: dict[str, Path]) -> None:
+    probe = ("import sys, runpy; sys.argv = {argv!r}\ntry:\n    runpy.run_module('kdfast', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('LOADED', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)")
+    for argv in (["kdfast", "--help"], ["kdfast", "predict", str(runs["student"]), "A sentence.", "--runtime", "onnx"]):
+        done = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], capture_output=True, text=True,
+                              timeout=120)
+        assert "LOADED []" in done.stderr, (argv, done.stderr[-2000:])
+
+
+def test_stream_reads_a_chunk_at_a_time(runs: dict[str, Path]) -> None:
+    """An endless input still yields: predictions come a chunk at a time, the input is never read whole."""
+    import itertools
+
+    read = 0
+
+    def endless() -> Iterator[str]:
+        nonlocal read
+        for s in itertools.cycle(SENTENCES):
+            read += 1
+            yield s
+
+    first = list(itertools.islice(Classifier(runs["student"], "onnx").stream(endless(), chunk=8), 10))
+    assert [t for t, _ in first] == [SENTENCES[i % len(SENTENCES)] for i in range(10)]
+    assert read == 16  # two chunks of 8
