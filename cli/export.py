@@ -41,21 +41,24 @@ def parity_table(manifest: dict[str, Any]) -> Table:
 def int8_table(int8: dict[str, Any]) -> Table:
     """Every int8 candidate tuning built, with its numbers on the held-out training sentences and its speed."""
     rule = int8["rule"]
-    table = Table(title=f"int8 candidates, {int8['calibration']['held_out']} held-out training sentences "
-                        f"(rule: ≥ {rule['min_agreement']:.1%} agreement, |Δ MCC| ≤ {rule['max_mcc_drop']:g})")
+    cal = int8["calibration"]
+    table = Table(title=f"int8 candidates, {cal['held_out']} held-out training sentences"
+                        f"{' + a perturbed copy of each' if cal.get('perturbed') else ''} (rule: ≥ "
+                        f"{rule['min_agreement']:.1%} agreement, |Δ MCC| ≤ {rule['max_mcc_drop']:g})")
     table.add_column("candidate")
-    for col in ("agreement", "MCC", "Δ MCC", "logit MSE", "batch-1 p50", "vs fp32", "MB", "verdict"):
+    for col in ("agreement", "held-out", "perturbed", "MCC", "Δ MCC", "batch-1 p50", "vs fp32", "MB", "verdict"):
         table.add_column(col, justify="right")
     for c in int8["candidates"]:
         if c["error"]:
-            table.add_row(c["name"], "", "", "", "", "", "", "", f"[red]error[/]: {c['error'][:60]}")
+            table.add_row(c["name"], "", "", "", "", "", "", "", "", f"[red]error[/]: {c['error'][:60]}")
             continue
         verdict = "[green]pass[/]" if c["passed"] else "[red]fail[/]"
         if c["name"] == int8["winner"]:
             verdict = "[bold green]kept[/]"
-        table.add_row(c["name"], f"{c['agreement']:.2%}", f"{c['mcc']:.4f}", f"{-c['mcc_drop']:+.4f}",
-                      f"{c['mse']:.2e}", f"{c['p50_b1_ms']:.3g} ms", f"{c['speedup_b1']:.2f}x", f"{c['mb']:.1f}",
-                      verdict)
+        perturbed = "" if c["agreement_perturbed"] != c["agreement_perturbed"] else f"{c['agreement_perturbed']:.2%}"
+        table.add_row(c["name"], f"{c['agreement']:.2%}", f"{c['agreement_held_out']:.2%}", perturbed,
+                      f"{c['mcc']:.4f}", f"{-c['mcc_drop']:+.4f}", f"{c['p50_b1_ms']:.3g} ms",
+                      f"{c['speedup_b1']:.2f}x", f"{c['mb']:.1f}", verdict)
     return table
 
 
