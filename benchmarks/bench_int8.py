@@ -118,19 +118,13 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
     rows: dict[str, dict[str, Any]] = {}
     for key, path in files.items():
         got = want if key == "fp32" else logits(session(path), dev_ids, inputs.pad_id, 64)
-        rows[key] = {"model": key, "mb": path.stat().st_size / 1e6,
+        rows[key] = {"model": key, "file": str(path), "mb": path.stat().st_size / 1e6,
                      "dev_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
                      "dev_mcc": mcc(got.argmax(-1), labels), "dev_mcc_drop": mcc(want.argmax(-1), labels) - mcc(
                          got.argmax(-1), labels)}
     sample = sorted(random.Random(0).sample(range(len(dev_ids)), timed))
     ids = [dev_ids[i] for i in sample]
-    print(f"{name}: timing {len(files)} models at batch 1 and 32, {threads} threads", flush=True)
-    sessions = {k: session(p, threads) for k, p in files.items()}
-    for batch, n in ((1, timed), (32, max(1, timed // 32))):
-        p50 = p50_ms(sessions, timing_feeds(ids, inputs.pad_id, inputs.input_names, batch, n), rounds)
-        for k in files:
-            rows[k][f"b{batch}_p50_ms"] = p50[k]
-            rows[k][f"b{batch}_vs_fp32"] = p50["fp32"] / p50[k]
+    time_rows(list(rows.values()), ids, inputs, threads, timed, rounds)
     by_name = {c.name: c for c in candidates}
     for k, row in rows.items():
         c = by_name.get(k)
@@ -146,9 +140,53 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
             "timed_sentences": timed, "rounds": rounds}
 
 
+def time_rows(rows: list[dict[str, Any]], ids: list[list[int]], inputs: TuneInputs, threads: int, timed: int,
+              rounds: int) -> None:
+    """Batch-1 and batch-32 p50 of every row's file, and its ratio to the fp32 row's, in one interleaved run."""
+    print(f"timing {len(rows)} models at batch 1 and 32, {threads} threads", flush=True)
+    sessions = {r["model"]: session(Path(r["file"]), threads) for r in rows}
+    for batch, n in ((1, timed), (32, max(1, timed // 32))):
+        p50 = p50_ms(sessions, timing_feeds(ids, inputs.pad_id, inputs.input_names, batch, n), rounds)
+        for r in rows:
+            r[f"b{batch}_p50_ms"] = p50[r["model"]]
+            r[f"b{batch}_vs_fp32"] = p50["fp32"] / p50[r["model"]]
+
+
+def retime(path: Path, candidates: Path, cola: Any, threads: int, timed: int, rounds: int) -> dict[str, Any]:
+    """Time again the files of an earlier result (a busy machine spoils latencies, not accuracies): each row's
+    ``file``, or for a result written before rows recorded it, the tuner's name for it in ``candidates``."""
+    result = json.loads(path.read_text())
+    folder = Path(result["folder"])
+    for r in result["rows"]:
+        if "file" not in r:
+            fixed = {"fp32": folder / MODEL_FILES["fp32"], "optimized": folder / MODEL_FILES["optimized"]}
+            r["file"] = str(fixed.get(r["model"]) or candidates / f"{r['model'].replace(':', '-').replace('+', '_')}"
+                                                                   ".onnx")
+    source = gpt2_source() if result["model"].startswith("gpt2") else load_teacher_for_export(Path(result["run"]))
+    inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
+                        encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
+    dev_ids = inputs.encode([e.sentence for e in cola.dev])
+    ids = [dev_ids[i] for i in sorted(random.Random(0).sample(range(len(dev_ids)), timed))]
+    result["meta"]["retimed"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+                                 "load": round(os.getloadavg()[0], 2)}
+    time_rows(result["rows"], ids, inputs, threads, timed, rounds)
+    result["meta"]["retimed"]["load_after"] = round(os.getloadavg()[0], 2)
+    result |= {"threads": threads, "timed_sentences": timed, "rounds": rounds}
+    return result
+
+
+def retimed_note(meta: dict[str, Any]) -> str:
+    if "retimed" not in meta:
+        return ""
+    again = meta["retimed"]
+    return (f"; timed again {again['date']} (commit {again['commit']}, load average {again['load']} before, "
+            f"{again['load_after']} after)")
+
+
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# int8 candidates: {result['model']}", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['machine']}, load average at start {meta['load']}; "
+             f"{meta['date']}, commit {meta['commit']}, {meta['machine']}, load average at start {meta['load']}"
+             + retimed_note(meta) + "; "
              f"{result['threads']} ONNX Runtime threads; calibration {result['calibration']} / held-out "
              f"{result['held_out']} training sentences; rule ≥ {result['rule']['min_agreement']:.0%} agreement, "
              f"|Δ MCC| ≤ {result['rule']['max_mcc_drop']}; tuning took {result['tuning_s']:.0f} s.", "",
@@ -183,11 +221,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timed", type=int, default=64, help="Dev sentences timed (batch 1: each; batch 32: /32).")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--retime", type=Path, help="Time again the models of this results JSON, nothing else.")
+    parser.add_argument("--candidates", type=Path, help="With --retime: the folder holding its candidates.")
     parser.add_argument("--gpt2-held-out", type=int, default=100)
     parser.add_argument("--gpt2-dev", type=int, default=128, help="Dev sentences GPT-2's (meaningless) agreement is "
                                                                    "measured on.")
     args = parser.parse_args()
     cola = load_cola(args.data)
+    if args.retime:
+        result = retime(args.retime, args.candidates, cola, args.threads, args.timed, args.rounds)
+        args.retime.write_text(json.dumps(result, indent=1))
+        args.retime.with_suffix(".md").write_text(markdown(result, result["meta"]))
+        print(markdown(result, result["meta"]))
+        return
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
             "machine": f"{machine()['cpu']} ({machine()['cpus']} CPUs)", "load": round(os.getloadavg()[0], 2)}
     jobs = []
@@ -195,7 +241,7 @@ def main() -> None:
         folder = args.work / args.teacher.name
         export(ExportConfig(run_dir=args.teacher, out=folder, optimize=True, data=args.data))
         source = load_teacher_for_export(args.teacher)
-        jobs.append((args.teacher.name, folder, source, Int8Config(), True, None))
+        jobs.append((str(args.teacher), folder, source, Int8Config(), True, None))
     if args.gpt2:
         folder = args.work / "gpt2-124m-random"
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,6 +258,7 @@ def main() -> None:
         result = measure(name, folder, inputs, cola, cfg, args.threads, ranked, 8, args.timed, args.rounds,
                          dev_sentences)
         stem = "int8-gpt2" if name.startswith("gpt2") else "int8-minilm"
+        result |= {"folder": str(folder), "run": None if name.startswith("gpt2") else name}
         (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
         (RESULTS / f"{stem}.md").write_text(markdown(result, meta))
         print(markdown(result, meta))

@@ -378,7 +378,7 @@ class TuneInputs:
 
 
 class Tuner:
-    """Builds and scores candidates in ``workdir``; :meth:`run` returns the report the manifest records."""
+    """Builds and scores candidates in ``workdir``; :meth:`run` returns them, the winner and the node rankings."""
 
     def __init__(self, inputs: TuneInputs, data: CalibrationSet, cfg: Int8Config, workdir: Path,
                  say: Callable[..., None]) -> None:
@@ -387,7 +387,6 @@ class Tuner:
         self.cal_ids = self.read([e.sentence for e in data.calibration])
         self.held_ids = self.read([e.sentence for e in data.held_out]) + inputs.encode(data.perturbed)
         self.held_labels = np.array([e.label for e in data.held_out])
-        self.data = data
         fp32 = session(inputs.fp32)
         self.want_held = logits(fp32, self.held_ids, inputs.pad_id, cfg.batch_size)
         self.rank_ids = self.cal_ids[: cfg.rank_sentences]
