@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kdfast.bench import git_commit, machine
-from kdfast.data import load_cola, subsample
+from kdfast.data import load_dataset, subsample
 from kdfast.export import MODEL_FILES, ExportConfig, ExportSource, export_onnx, load_teacher_for_export, optimize
 from kdfast.export import run as export
 from kdfast.int8 import CalibrationSet, Candidate, Int8Config, TuneInputs, Tuner, logits, p50_ms, session, timing_feeds
@@ -98,7 +98,7 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
             max_fp32: int, timed: int, rounds: int, dev_sentences: int | None) -> dict[str, Any]:
     dev = cola.dev if dev_sentences is None else subsample(cola.dev, dev_sentences, seed=0)
     labels = np.array([e.label for e in dev])
-    dev_ids = inputs.encode([e.sentence for e in dev])
+    dev_ids = inputs.encode([e.text for e in dev])
     data = CalibrationSet.draw(cola.train, cfg.calibration, cfg.held_out, cfg.seed, cfg.perturbed)
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     start = time.time()
@@ -165,7 +165,7 @@ def retime(path: Path, candidates: Path, cola: Any, threads: int, timed: int, ro
     source = gpt2_source() if result["model"].startswith("gpt2") else load_teacher_for_export(Path(result["run"]))
     inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
                         encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
-    dev_ids = inputs.encode([e.sentence for e in cola.dev])
+    dev_ids = inputs.encode([e.text for e in cola.dev])
     ids = [dev_ids[i] for i in sorted(random.Random(0).sample(range(len(dev_ids)), timed))]
     result["meta"]["retimed"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
                                  "load": round(os.getloadavg()[0], 2)}
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--gpt2-dev", type=int, default=128, help="Dev sentences GPT-2's (meaningless) agreement is "
                                                                    "measured on.")
     args = parser.parse_args()
-    cola = load_cola(args.data)
+    cola = load_dataset(args.data)
     if args.retime:
         result = retime(args.retime, args.candidates, cola, args.threads, args.timed, args.rounds)
         args.retime.write_text(json.dumps(result, indent=1))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kdfast.batching import pad_batch
-from kdfast.data import Cola, Example, load_cola
+from kdfast.data import Dataset, Example, load_dataset
 from kdfast.export import MANIFEST, ExportConfig, ParityError, run
 from kdfast.int8 import (
     RECIPES,
@@ -159,10 +159,10 @@ def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: 
     import kdfast.export as export
     import kdfast.int8 as int8_module
 
-    cola = load_cola(cola_dir)
-    marked = Cola(train=cola.train, dev=[Example(f"DEV {e.sentence}", e.label, e.in_domain) for e in cola.dev],
-                  source=cola.source)
-    monkeypatch.setattr(export, "load_cola", lambda _: marked)
+    cola = load_dataset(cola_dir)
+    marked = Dataset(train=cola.train, dev=[Example(f"DEV {e.text}", e.label, e.in_domain) for e in cola.dev],
+                     labels=cola.labels, source=cola.source, halves=cola.halves)
+    monkeypatch.setattr(export, "dataset_from_config", lambda *_: marked)
     seen: list[str] = []
     real = int8_module.ReadLog.__call__
 
@@ -176,10 +176,10 @@ def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: 
     manifest = run(ExportConfig(run_dir=teacher_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
                                 max_check_sentences=16, progress=False))
     draw = CalibrationSet.draw(cola.train, 40, 100, seed=0)
-    want = [e.sentence for e in draw.calibration + draw.held_out]
+    want = [e.text for e in draw.calibration + draw.held_out]
     cal = manifest["int8"]["calibration"]
     assert cal["read_sha256"] == sentences_sha256(want) == sentences_sha256(seen) and cal["read"] == 140
-    assert cal["sha256"] == sentences_sha256([e.sentence for e in draw.calibration])
+    assert cal["sha256"] == sentences_sha256([e.text for e in draw.calibration])
     assert not any(s.startswith("DEV ") for s in seen)
     assert manifest["parity"]["sentences"] == 16  # dev was read by the parity check, after tuning
 
@@ -194,7 +194,7 @@ def test_calibration_ranges_ignore_padding(tuned: tuple[Path, dict[str, Any]], t
     model = out / "model.onnx"
     pre = manifest["source_run"]["preprocessing"]
     tokenizer = load_tokenizer(str(out / pre["tokenizer"]))
-    ids = encode(tokenizer, [e.sentence for e in load_cola(cola_dir).train[:12]], 64)
+    ids = encode(tokenizer, [e.text for e in load_dataset(cola_dir).train[:12]], 64)
     pad = pre["pad_id"]
     width = 4 * max(map(len, ids))  # about 90% of every batch is padding
     padded = []
@@ -238,5 +238,5 @@ def test_draw_is_disjoint_and_seeded() -> None:
     train = [Example(f"s{i}", i % 2) for i in range(50)]
     a, b = CalibrationSet.draw(train, 10, 30, seed=0), CalibrationSet.draw(train, 10, 30, seed=0)
     assert a == b and len(a.calibration) == 10 and len(a.held_out) == 30
-    assert not {e.sentence for e in a.calibration} & {e.sentence for e in a.held_out}
+    assert not {e.text for e in a.calibration} & {e.text for e in a.held_out}
     assert CalibrationSet.draw(train, 10, 30, seed=1) != a
