@@ -18,8 +18,8 @@ Candidates (``RECIPES``), each optionally with its k most sensitive nodes kept f
 - ``static-minmax`` / ``static-percentile``: QDQ, int8 weights per channel and uint8 activations whose ranges are
   calibrated once on training sentences (min/max, or the 99.999th percentile of |x|). Only weight products
   (MatMul/Gemm with an initializer) are quantized, on the plain fp32 graph: QDQ has no form for the optimizer's
-  fused ``Attention`` (on the optimized MiniLM it was 1.5× fp32 against 3.2× on the plain graph). Ranges are fixed,
-  so the labels no longer depend on how sentences are batched.
+  fused ``Attention``, whose projections would stay fp32. Ranges are fixed, so the labels no longer depend on how
+  sentences are batched.
 
 Calibration reads training sentences only: ``calibration`` of them set the ranges and rank the nodes, ``held_out``
 others judge the rule; every sentence read goes through one hash, recorded in the manifest. Each calibration
