@@ -23,6 +23,7 @@ from kdfast.int8 import (
     calibrate,
     fallback_steps,
     sentences_sha256,
+    session,
 )
 
 pytest.importorskip("onnxruntime")
@@ -240,3 +241,41 @@ def test_draw_is_disjoint_and_seeded() -> None:
     assert a == b and len(a.calibration) == 10 and len(a.held_out) == 30
     assert not {e.text for e in a.calibration} & {e.text for e in a.held_out}
     assert CalibrationSet.draw(train, 10, 30, seed=1) != a
+
+
+def test_three_classes(tmp_path: Path) -> None:
+    """Nothing assumes two classes: a three-class model (embedding -> LSTM -> mean -> linear) tuned end to end."""
+    from torch import nn
+
+    from kdfast.export import ExportSource, export_onnx
+    from kdfast.int8 import TuneInputs, tune
+
+    class Three(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.rnn, self.head = nn.Embedding(60, 32, padding_idx=0), nn.LSTM(32, 32), nn.Linear(32, 3)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            mask = (input_ids != 0).unsqueeze(-1).float()  # (B, T, 1)
+            h, _ = self.rnn(self.embed(input_ids).transpose(0, 1))  # (T, B, C)
+            return self.head((h.transpose(0, 1) * mask).sum(1) / mask.sum(1).clamp(min=1))  # (B, 3)
+
+    torch.manual_seed(0)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [[1 + sum(map(ord, w)) % 59 for w in t.split()] for t in texts]
+
+    source = ExportSource(kind="student", module=Three().eval(), input_names=["input_ids"], encode=encode, pad_id=0,
+                          save_preprocessing=lambda folder: None, meta={})
+    export_onnx(source, tmp_path / "model.onnx", 17)
+    rng = np.random.default_rng(0)
+    words = ["the", "a", "cat", "dog", "saw", "ran", "big", "small", "red", "blue", "green", "quickly"]
+    train = [Example(" ".join(rng.choice(words, rng.integers(3, 12))), int(i % 3)) for i in range(400)]
+    inputs = TuneInputs(fp32=tmp_path / "model.onnx", base=tmp_path / "model.onnx", encode=encode, pad_id=0,
+                        input_names=["input_ids"])
+    cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1)
+    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg)
+    assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
+    got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
+    assert got[0].shape == (1, 3)
+    assert all(0 <= c["agreement"] <= 1 for c in report["candidates"] if not c["error"])
