@@ -56,7 +56,7 @@ def int8_table(int8: dict[str, Any]) -> Table:
         verdict = "[green]pass[/]" if c["passed"] else "[red]fail[/]"
         if c["name"] == int8["winner"]:
             verdict = "[bold green]kept[/]"
-        perturbed = "" if c["agreement_perturbed"] != c["agreement_perturbed"] else f"{c['agreement_perturbed']:.1%}"
+        perturbed = "" if c["agreement_perturbed"] is None else f"{c['agreement_perturbed']:.1%}"
         table.add_row(c["name"], f"{c['agreement']:.1%}", f"{c['agreement_held_out']:.1%}", perturbed,
                       f"{-c['mcc_drop']:+.3f}", f"{c['speedup_b1']:.2f}x", f"{c['mb']:.0f}", verdict)
     return table

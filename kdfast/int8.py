@@ -546,7 +546,8 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
                             "perturbed": len(data.perturbed),
                             "read_sha256": tuner.read.sha256(), "read": len(tuner.read.sentences),
                             "padding": "none: each calibration sentence fed alone, cut to its mask"},
-            "candidates": [asdict(c) for c in found["candidates"]],
+            "candidates": [{k: None if isinstance(v, float) and v != v else v for k, v in asdict(c).items()}
+                           for c in found["candidates"]],  # NaN (not measured) as null: strict JSON
             "ranking": found["ranking"],
             "winner": winner.name if winner else None,
         }
