@@ -35,13 +35,54 @@ def parity_table(manifest: dict[str, Any]) -> Table:
     return table
 
 
+def int8_table(int8: dict[str, Any]) -> Table:
+    """Every int8 candidate tuning built: agreement with fp32 (all judged sentences, then the held-out originals and
+    their perturbed copies apart), MCC change on the originals, batch-1 speed against fp32, size, verdict."""
+    rule = int8["rule"]
+    cal = int8["calibration"]
+    table = Table(title=f"int8 candidates, {cal['held_out']} held-out training sentences"
+                        f"{' + a perturbed copy of each' if cal.get('perturbed') else ''} (rule: ≥ "
+                        f"{rule['min_agreement']:.1%} agreement, |Δ MCC| ≤ {rule['max_mcc_drop']:g})")
+    table.add_column("candidate", no_wrap=True)
+    for col in ("agree", "held-out", "perturbed", "Δ MCC", "b1 vs fp32", "MB", "verdict"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for c in int8["candidates"]:
+        if c["error"]:
+            table.add_row(c["name"], "", "", "", "", "", "", f"[red]error[/]: {c['error'][:60]}")
+            continue
+        verdict = "[green]pass[/]" if c["passed"] else "[red]fail[/]"
+        if c["name"] == int8["winner"]:
+            verdict = "[bold green]kept[/]"
+        perturbed = "" if c["agreement_perturbed"] is None else f"{c['agreement_perturbed']:.1%}"
+        table.add_row(c["name"], f"{c['agreement']:.1%}", f"{c['agreement_held_out']:.1%}", perturbed,
+                      f"{-c['mcc_drop']:+.3f}", f"{c['speedup_b1']:.2f}x", f"{c['mb']:.0f}", verdict)
+    return table
+
+
+def print_int8(int8: dict[str, Any]) -> None:
+    console.print(int8_table(int8))
+    cal = int8["calibration"]
+    console.print(f"calibration: {cal['sentences']} training sentences (sha256 {cal['sha256'][:12]}), unpadded; "
+                  f"rule judged on {cal['held_out']} others")
+    if int8["winner"] is None:
+        return
+    kept = ", ".join(int8["kept_fp32"]) or "none"
+    speed = int8["speed"]
+    console.print(f"model.int8.onnx = {int8['winner']} (from {int8['from']}); nodes kept fp32: {kept}; "
+                  f"{speed['batch_1']['speedup']:.2f}x fp32 at batch 1, {speed['batch_32']['speedup']:.2f}x at "
+                  f"batch 32 ({speed['threads']} thread(s))")
+
+
 def print_report(manifest: dict[str, Any]) -> None:
+    if manifest.get("int8"):
+        print_int8(manifest["int8"])
     parity = manifest["parity"]
     if parity["checked"]:
         console.print(parity_table(manifest))
         shapes = parity["variants"][0]["shapes"]
         console.print(f"data {parity['data']}; atol {parity['atol']:g}; rules: fp32 and optimized 100% of labels and "
-                      f"max |Δlogit| ≤ atol, int8 and fp16 ≥ 99% of labels; (batch, seq) shapes run on each: "
+                      "max |Δlogit| ≤ atol, fp16 ≥ 99% of labels, int8 the rule it was tuned to; (batch, seq) shapes "
+                      "run on each: "
                       + ", ".join(f"({s['batch']}, {s['seq']})" for s in shapes))
         for v in parity["variants"]:
             for s in v["shapes"]:
@@ -64,7 +105,15 @@ def export_command(
     opset: int = typer.Option(17, help="ONNX opset."),
     optimize: bool = typer.Option(False, "--optimize", help="Also model.opt.onnx: ONNX Runtime's transformer "
                                                             "optimizer."),
-    int8: bool = typer.Option(False, "--int8", help="Also model.int8.onnx: dynamic int8 quantization, for the CPU."),
+    int8: bool = typer.Option(False, "--int8", help="Also model.int8.onnx: the fastest int8 candidate (dynamic, "
+                                                    "static QDQ, some nodes kept fp32) that holds the rule, for the "
+                                                    "CPU."),
+    int8_min_agreement: float = typer.Option(0.99, help="int8 rule: share of labels equal to fp32's (held-out "
+                                                        "training sentences, then dev)."),
+    int8_max_drop: float = typer.Option(0.01, help="int8 rule: max |Δ MCC| against fp32 (held-out training "
+                                                   "sentences, then dev)."),
+    int8_calibration: int = typer.Option(300, help="int8: training sentences that calibrate the activation ranges "
+                                                   "and rank the nodes."),
     fp16: bool = typer.Option(False, "--fp16", help="Also model.fp16.onnx: for CUDA; LayerNorm and IO stay fp32."),
     triton_repo: Path | None = typer.Option(None, help="Also write a Triton Inference Server model repository here."),
     triton_name: str | None = typer.Option(None, help="Model name in --triton-repo; default the run folder's name."),
@@ -77,9 +126,12 @@ def export_command(
         raise KdfastError("say which format: --onnx (the only one so far), e.g. kdfast export --onnx RUN_DIR")
     from kdfast.export import ExportConfig, ParityError
     from kdfast.export import run as run_export
+    from kdfast.int8 import Int8Config
 
     cfg = ExportConfig(run_dir=run_dir, out=out, opset=opset, optimize=optimize, int8=int8, fp16=fp16,
-                       triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data)
+                       triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data,
+                       int8_tuning=Int8Config(min_agreement=int8_min_agreement, max_drop=int8_max_drop,
+                                              calibration=int8_calibration))
     if no_check:
         console.print("[bold yellow]WARNING: --no-check: the ONNX models are NOT compared with PyTorch[/]")
     try:

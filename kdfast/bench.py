@@ -8,11 +8,11 @@ every variant that applies, in this order::
     teacher-fused       PyTorch, unmerged through the fused Triton LoRA kernel (CUDA only)
     teacher-onnx-fp32   ONNX Runtime, RUN/onnx/model.onnx
     teacher-onnx-opt    ONNX Runtime, RUN/onnx/model.opt.onnx (ONNX Runtime's transformer optimizer)
-    teacher-onnx-int8   ONNX Runtime, dynamic int8 quantization of model.opt.onnx (CPU only)
+    teacher-onnx-int8   ONNX Runtime, RUN/onnx/model.int8.onnx, the int8 model export tuned (CPU only)
     student-eager       PyTorch, nn.LSTM / nn.GRU
     student-compiled    PyTorch, the cell-loop student through torch.compile
     student-onnx-fp32   ONNX Runtime, RUN/onnx/model.onnx
-    student-onnx-int8   ONNX Runtime, dynamic int8 quantization (CPU only)
+    student-onnx-int8   ONNX Runtime, RUN/onnx/model.int8.onnx (CPU only)
 
 A variant that cannot run here (no CUDA, no triton, no onnxruntime, no optimizer for the architecture, a compile
 that fails) is skipped with its reason in ``skipped``.
@@ -22,12 +22,12 @@ that fails) is skipped with its reason in ``skipped``.
 matmuls and would flatter every other variant).
 
 **ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export`` with its
-parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). Export refuses
-an int8 model that agrees with PyTorch on fewer than 99% of dev labels (our MiniLM teachers: about 98%); the export is
-then redone without it, and bench quantizes the checked model itself, exactly as ``export --int8`` does, into a
-temporary folder that is deleted afterwards: an unchecked model is never written into a run folder. Such a row says
-so in ``note``, and its ``agreement`` column is the measured share of dev labels equal to PyTorch's. An existing
-export is used as it is (never replaced); one made from an earlier run at the same path is skipped, with a note.
+parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). The int8 rows
+time the exported ``model.int8.onnx``, the candidate ``kdfast.int8`` tuned and export checked on dev (its ``note``
+names the candidate); when no candidate held the rule, the export is redone without int8 and the int8 rows are
+skipped with that reason: an unchecked model is never timed or written. ``agreement`` is the measured share of dev
+labels equal to PyTorch's. An existing export is used as it is (never replaced); one made from an earlier run at the
+same path is skipped, with a note.
 
 **Method.** Inputs are real CoLA dev sentences: a seeded sample of ``timed_sentences`` of them (order kept), cut
 into consecutive batches of each batch size and right-padded to the longest sentence in the batch. The same
@@ -82,7 +82,6 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -389,12 +388,12 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     sync = sync_fn(device)
 
     # --- measure
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="kdfast-bench-") as tmp:
+    with torch_threads(threads):
         for kind, run_dir in runs:
             say(f"[bold]{kind} {run_dir}[/]")
             inputs = (teacher_inputs if kind == "teacher" else student_inputs)(run_dir, timed, sentences)
             builders = (teacher_builders if kind == "teacher" else student_builders)(
-                run_dir, cfg.data, device, threads, Path(tmp), say)
+                run_dir, cfg.data, device, threads, say)
             labels: dict[str, np.ndarray] = {}  # dev predictions of each variant measured
             for variant, build in builders:
                 if variant in wanted:

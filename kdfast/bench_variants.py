@@ -140,26 +140,18 @@ def files_mb(*paths: Path) -> float | None:
 class OnnxFiles:
     folder: Path  # RUN/onnx, checked to come from this run
     manifest: dict[str, Any]
-    tmp: Path  # where an int8 model export refused is quantized (deleted when bench ends)
 
-    def int8(self, say: Callable[..., None]) -> tuple[Path, str]:
-        """(model.int8.onnx, "") when export checked one; else one quantized here, as ``export --int8`` does, with
-        the note that says so."""
-        from kdfast.export import MODEL_FILES, quantize_int8
+    def int8(self) -> tuple[Path, str]:
+        """(model.int8.onnx, note): the model export tuned and checked, or Skip when the export holds none."""
+        from kdfast.export import MODEL_FILES
 
-        files = {v["variant"] for v in self.manifest.get("variants", [])}
-        if "int8" in files:
-            return self.folder / MODEL_FILES["int8"], ""
-        src = self.folder / MODEL_FILES["optimized" if "optimized" in files else "fp32"]
-        dst = self.tmp / f"{self.folder.parent.name}.int8.onnx"
-        if not dst.exists():
-            say(f"{self.folder}: no checked int8 model; quantizing {src.name} as export --int8 does (not kept)")
-            try:
-                quantize_int8(src, dst)
-            except Exception as e:  # ONNX Runtime's quantizer raises whatever its graph passes raise
-                raise Skip(f"quantizing {src.name} failed: {first_line(e)}") from None
-        return dst, (f"quantized by bench from {src.name} (export's ≥99% label-agreement gate not applied; see "
-                     "agreement); not saved")
+        if "int8" not in {v["variant"] for v in self.manifest.get("variants", [])}:
+            raise Skip(f"{self.folder} has no int8 model: no candidate held export's rule, or it was exported "
+                       f"without --int8 (kdfast export --onnx --int8 {self.folder.parent} shows the candidates)")
+        int8 = self.manifest.get("int8") or {}
+        kept = len(int8.get("kept_fp32", []))
+        return self.folder / MODEL_FILES["int8"], (f"exported: {int8['winner']}, {kept} node(s) fp32"
+                                                    if int8.get("winner") else "")
 
 
 def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> Path:
@@ -177,8 +169,7 @@ def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable
     return folder
 
 
-def onnx_files(run_dir: Path, data: str | None, optimize: bool, tmp: Path,
-               say: Callable[..., None]) -> OnnxFiles:
+def onnx_files(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> OnnxFiles:
     """The run's ONNX export, checked to come from this very run (exported first when missing)."""
     from kdfast.export import MANIFEST
 
@@ -188,11 +179,11 @@ def onnx_files(run_dir: Path, data: str | None, optimize: bool, tmp: Path,
     if made_from != read_run_info(run_dir):
         raise Skip(f"{folder} was exported from another run at this path (created "
                    f"{(made_from or {}).get('created')}); re-export it: kdfast export --onnx {run_dir}")
-    return OnnxFiles(folder, manifest, tmp)
+    return OnnxFiles(folder, manifest)
 
 
 def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool], device: torch.device, threads: int,
-                  tmp: Path, say: Callable[..., None]) -> Callable[[str], Callable[[], Loaded]]:
+                  say: Callable[..., None]) -> Callable[[str], Callable[[], Loaded]]:
     """``variant(name)`` -> build, for a run's ONNX Runtime variants ("fp32", "optimized", "int8"); they share one
     export, found or made (``optimize()`` says whether with --optimize) on the first build, and so does its failure."""
     from kdfast.export import MODEL_FILES
@@ -202,7 +193,7 @@ def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool],
     def files() -> OnnxFiles:
         if not onnx:
             try:
-                onnx["files"] = onnx_files(run_dir, data, optimize(), tmp, say)
+                onnx["files"] = onnx_files(run_dir, data, optimize(), say)
             except (Skip, KdfastError) as e:
                 onnx["files"] = Skip(str(e))
         found = onnx["files"]
@@ -218,7 +209,7 @@ def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool],
             if name == "int8":
                 if device.type == "cuda":
                     raise Skip("dynamic int8 quantization is for ONNX Runtime's CPU provider")
-                path, note = f.int8(say)
+                path, note = f.int8()
                 return ort_variant(path, names, threads, device, params, note)
             path = f.folder / MODEL_FILES[name]
             if not path.exists():
@@ -233,7 +224,7 @@ def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool],
 # --- the teacher's variants
 
 
-def teacher_builders(run_dir: Path, data: str | None, device: torch.device, threads: int, tmp: Path,
+def teacher_builders(run_dir: Path, data: str | None, device: torch.device, threads: int,
                      say: Callable[..., None]) -> Iterator[tuple[str, Callable[[], Loaded]]]:
     """(variant, build) for every teacher variant; ``build`` raises Skip when the variant cannot run here."""
     from kdfast.export import OPTIMIZER_TYPES, ClassifierLogits
@@ -277,7 +268,7 @@ def teacher_builders(run_dir: Path, data: str | None, device: torch.device, thre
         config = (run_dir / "merged" if (run_dir / "merged").is_dir() else base) / "config.json"
         return (read_json(config).get("model_type") if config.is_file() else None) in OPTIMIZER_TYPES
 
-    onnx_variant = onnx_variants(run_dir, data, optimize, device, threads, tmp, say)
+    onnx_variant = onnx_variants(run_dir, data, optimize, device, threads, say)
 
     yield "teacher-unmerged", unmerged
     yield "teacher-merged", merged
@@ -301,7 +292,7 @@ def teacher_inputs(run_dir: Path, timed: list[str], dev: list[str]) -> ModelInpu
 # --- the students' variants
 
 
-def student_builders(run_dir: Path, data: str | None, device: torch.device, threads: int, tmp: Path,
+def student_builders(run_dir: Path, data: str | None, device: torch.device, threads: int,
                      say: Callable[..., None]) -> Iterator[tuple[str, Callable[[], Loaded]]]:
     from kdfast.student import STUDENT_FILE, compile_student, load_student, pad_for_compile, parameter_counts
 
@@ -321,7 +312,7 @@ def student_builders(run_dir: Path, data: str | None, device: torch.device, thre
                              note="cell loop through torch.compile; inputs padded to a multiple of 8 steps",
                              pad_to=lambda ids, mask: pad_for_compile(ids, mask, pad_id), warm_every_batch=True)
 
-    onnx_variant = onnx_variants(run_dir, data, lambda: False, device, threads, tmp, say)
+    onnx_variant = onnx_variants(run_dir, data, lambda: False, device, threads, say)
 
     yield "student-eager", eager
     yield "student-compiled", compiled

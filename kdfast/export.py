@@ -4,7 +4,7 @@ One stage, shaped setup → export → variants → check → save (``run``). It
 
     model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, C]
     model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused attention, LayerNorm, Gelu, ...)
-    model.int8.onnx     --int8: dynamic quantization (int8 weights, activations quantized per batch), for the CPU
+    model.int8.onnx     --int8: the fastest int8 candidate that keeps fp32's labels (``kdfast.int8``), for the CPU
     model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
     tokenizer/ or vocab.json   what turns a sentence into input_ids
     manifest.json       source run, label names (``labels[id]``), exporter, opset, inputs/outputs and their
@@ -47,9 +47,10 @@ from torch import nn
 
 from kdfast import __version__
 from kdfast.batching import pad_batch
-from kdfast.data import dataset_from_config, subsample
+from kdfast.data import Example, dataset_from_config, subsample
 from kdfast.data.dataset import Targets, targets
 from kdfast.errors import KdfastError, require
+from kdfast.int8 import Int8Config, Int8RuleError, TuneInputs, tune
 from kdfast.lora import unwrap_merged
 from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels, staged_dir, write_json
@@ -76,7 +77,8 @@ class ExportConfig:
     out: Path | None = None  # default RUN_DIR/onnx; an earlier export there is replaced atomically
     opset: int = 17
     optimize: bool = False  # also write model.opt.onnx (ONNX Runtime's transformer optimizer)
-    int8: bool = False  # also write model.int8.onnx (dynamic quantization, CPU)
+    int8: bool = False  # also write model.int8.onnx (accuracy-aware int8 tuning, CPU)
+    int8_tuning: Int8Config = field(default_factory=Int8Config)  # its rule and calibration (kdfast.int8)
     fp16: bool = False  # also write model.fp16.onnx (CUDA; LayerNorm and IO kept fp32)
     triton_repo: Path | None = None  # also write a Triton model repository entry here
     triton_name: str | None = None  # its model name; default the run folder's name
@@ -309,27 +311,6 @@ def optimize(src: Path, dst: Path, source: ExportSource) -> dict[str, int]:
     return {op: int(stats.get(op, 0)) for op in FUSED_OPS}
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic quantization: int8 weights with a scale per output channel, uint8 activations scaled per batch at run
-    time. Per-channel halves the label flips of per-tensor on the MiniLM teacher (40 -> 19 of 1,043 dev sentences).
-
-    ORT's pre-processing (symbolic shape inference) cannot complete on transformers 5 graphs, and ONNX's shape
-    inference cannot type the outputs of the optimizer's fused (com.microsoft) nodes: those are float, say so."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quiet the 'consider pre-processing' warning explained above
-    try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
-
-
 def convert_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and activations, except LayerNorm (and ORT's default fp32 list); inputs and outputs unchanged.
 
@@ -404,14 +385,16 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     labels = run_labels(run_dir)
     dev: list[str] = []
     dev_targets: Targets = (np.zeros(0, dtype=np.int64), None)
+    train: list[Example] = []
     data_source = None
-    if cfg.check:
+    if cfg.check or cfg.int8:
         config = read_json(run_dir / METRICS_FILE).get("config")
         if not isinstance(config, dict) or (cfg.data is None and "data" not in config):
             raise KdfastError(f"{run_dir / METRICS_FILE}: no config.data; pass --data")
         dataset = dataset_from_config(config, cfg.data, labels)
         examples = subsample(dataset.dev, cfg.max_check_sentences, seed=0)
         dev, dev_targets, data_source = [e.text for e in examples], targets(examples, dataset.halves), dataset.source
+        train = dataset.train  # int8 calibration reads this split only
     plan = variant_plan(cfg)
 
     with staged_dir(out, overwrite=True) as tmp:
@@ -420,13 +403,15 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         export_onnx(source, tmp / MODEL_FILES["fp32"], cfg.opset)
         io = check_graph(tmp / MODEL_FILES["fp32"], source.input_names, len(labels))
         fused: dict[str, int] | None = None
+        int8: dict[str, Any] | None = None
         for v in plan[1:]:
             say(f"writing {v['file']} from {v['from']}")
             src, dst = tmp / v["from"], tmp / v["file"]
             if v["variant"] == "optimized":
                 fused = optimize(src, dst, source)
             elif v["variant"] == "int8":
-                quantize_int8(src, dst)
+                int8 = tune_int8(cfg, source, tmp, src, dst, train, say)
+                v["from"] = int8["from"]
             else:
                 convert_fp16(src, dst)
         source.save_preprocessing(tmp)
@@ -449,8 +434,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                              for t in io["inputs"] + io["outputs"]},
             "variants": plan,
             "optimizer": {"model_type": source.optimizer_type, "fused": fused} if cfg.optimize else None,
-            "int8": {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": True}
-            if cfg.int8 else None,
+            "int8": int8_with_dev(int8, parity),
             "fp16": {"method": "onnxruntime.transformers OnnxModel.convert_float_to_float16", "keep_io_types": True,
                      "kept_fp32": FP16_KEEP_FP32} if cfg.fp16 else None,
             "versions": {"kdfast": __version__, "torch": torch.__version__, **versions,
@@ -476,6 +460,32 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     return manifest
 
 
+def tune_int8(cfg: ExportConfig, source: ExportSource, folder: Path, src: Path, dst: Path, train: list[Example],
+              say: Callable[..., None]) -> dict[str, Any]:
+    """``kdfast.int8.tune`` on the exported files; when no candidate holds the rule, a ParityError whose manifest
+    carries every candidate's numbers (and nothing is written)."""
+    inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=src, encode=source.encode, pad_id=source.pad_id,
+                        input_names=source.input_names)
+    try:
+        return tune(inputs, train, dst, cfg.int8_tuning, say)
+    except Int8RuleError as e:
+        raise ParityError(str(e), {"int8": e.report, "parity": {"checked": False, "passed": False,
+                                                                 "note": "not reached: int8 tuning failed"}}) from None
+
+
+def int8_with_dev(int8: dict[str, Any] | None, parity: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuning report, with the winner's dev agreement and MCC from the parity check (its confirmation)."""
+    if int8 is None:
+        return None
+    row = next((v for v in parity.get("variants", []) if v["variant"] == "int8" and v["checked"]), None)
+    if row is None:
+        return {**int8, "dev": None}
+    ref = parity["pytorch"]["metrics"]["dev_mcc"]
+    return {**int8, "dev": {"sentences": parity["sentences"], "agreement": row["agreement"],
+                            "mcc": row["metrics"]["dev_mcc"], "fp32_mcc": ref,
+                            "mcc_drop": ref - row["metrics"]["dev_mcc"], "passed": row["passed"]}}
+
+
 def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[dict[str, Any]],
               dev: list[str], dev_targets: Targets, data_source: str | None, say: Callable[..., None]
               ) -> dict[str, Any]:
@@ -491,6 +501,9 @@ def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[
     rows = []
     for v in plan:
         result = VariantResult(variant=v["variant"], file=v["file"], fp32=v["fp32"])
+        if v["variant"] == "int8":  # the rule tuning held on training sentences, now on dev
+            result.min_agreement = cfg.int8_tuning.min_agreement
+            result.max_mcc_drop = cfg.int8_tuning.max_drop
         if v["variant"] == "fp16":
             result.provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
             if not cuda:
@@ -535,15 +548,19 @@ def logits_from_onnx(folder: Path, sentences: list[str], variant: str = "fp32") 
 def run_dropping_failed_int8(cfg: ExportConfig, say: Callable[..., None]) -> dict[str, Any]:
     """``run``, but when the int8 model alone fails its parity check, export again without it (and say so).
 
-    Dynamic int8 quantization can flip more than 1% of the labels of a teacher with many low-margin sentences
-    (the MiniLM teachers here agree on about 98%); the fp32 and optimized models are still exact. For the stages
+    An int8 model can flip more than 1% of the labels of a teacher with many low-margin sentences whatever the
+    recipe; the fp32 and optimized models are still exact. For the stages
     that consume an export (bench, pipeline), that is a note, not a reason to stop."""
     try:
         return run(cfg)
     except ParityError as e:
-        failed = [v["variant"] for v in e.manifest["parity"]["variants"] if v["checked"] and not v["passed"]]
+        if not e.manifest["parity"]["checked"]:  # tuning found no candidate within the rule
+            failed = ["int8"] if (e.manifest.get("int8") or {}).get("winner", "") is None else ["?"]
+        else:
+            failed = [v["variant"] for v in e.manifest["parity"]["variants"] if v["checked"] and not v["passed"]]
         if failed != ["int8"] or not cfg.int8:
             raise
-        say(f"{cfg.run_dir}: export refused the int8 model (< 99% label agreement); exporting without it")
+        say(f"{cfg.run_dir}: export refused every int8 candidate (see kdfast export --onnx --int8); exporting "
+            "without it")
         cfg.int8 = False
         return run(cfg)

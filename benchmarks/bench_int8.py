@@ -1,0 +1,268 @@
+"""Every int8 candidate of ``kdfast export --int8`` side by side: size, batch-1 and batch-32 p50 against fp32 ONNX,
+and label agreement and MCC on CoLA dev, for a real teacher run and for a 124M GPT-2 (random weights: speed only).
+
+    python benchmarks/bench_int8.py --data /path/to/cola --teacher runs/minilm-teacher [--gpt2] [--threads 2]
+
+For a teacher run: export fp32 and optimized ONNX (with export's parity checks), then build the candidates exactly as
+``kdfast.int8.Tuner`` does (calibration and held-out sentences drawn from train with the same seed; each recipe's
+nodes ranked by sensitivity and kept fp32 one step at a time until the rule holds on the held-out sentences), and
+measure each on the whole dev set. Agreement is against the fp32 ONNX model, which export checked equal to PyTorch
+on every dev label. For GPT-2 (``--gpt2``: ``GPT2Config()``, 124M, random weights, the real GPT-2 tokenizer from
+../shared) ranking 49 nodes of a 500 MB model would take most of an hour here, so its fallback candidates keep the
+score head and then the last layers' weight products fp32, in graph order from the end: their speed is what a
+ranking would give within the spread of which nodes it picks. Where Optimum installs, its ``ORTQuantizer`` dynamic
+int8 (``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)``) is measured beside them.
+
+Timing: one ONNX Runtime session per file with ``--threads`` intra-op threads; batches of consecutive dev sentences
+(a seeded sample, as ``kdfast bench`` takes), right-padded; sessions interleaved call by call (``kdfast.int8.p50_ms``)
+so a busy moment of the shared machine falls on all of them; one untimed warm-up pass. Writes
+``results/int8-<model>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdfast.bench import git_commit, machine
+from kdfast.data import load_dataset, subsample
+from kdfast.export import MODEL_FILES, ExportConfig, ExportSource, export_onnx, load_teacher_for_export, optimize
+from kdfast.export import run as export
+from kdfast.int8 import CalibrationSet, Candidate, Int8Config, TuneInputs, Tuner, logits, p50_ms, session, timing_feeds
+from kdfast.metrics import mcc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def optimum_dynamic(src: Path, out: Path) -> tuple[Path | None, str]:
+    """Optimum's dynamic int8 of ``src`` (as its docs show it), or None and why not."""
+    try:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except Exception as e:  # ImportError, or an import-time failure beside transformers 5
+        return None, f"optimum not usable here: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    try:
+        quantizer = ORTQuantizer.from_pretrained(src.parent, file_name=src.name)
+        qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
+        quantizer.quantize(save_dir=out, quantization_config=qconfig)
+    except Exception as e:
+        return None, f"optimum failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return next(out.glob("*quantized*.onnx")), ""
+
+
+def gpt2_source() -> ExportSource:
+    """A full-size GPT-2 classifier with random weights and the real tokenizer, exported as export exports it."""
+    import sys
+
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import gpt2_tokenizer
+
+    from kdfast.export import ClassifierLogits
+    from kdfast.teacher import encode
+
+    torch.manual_seed(0)
+    tokenizer = gpt2_tokenizer()
+    model = GPT2ForSequenceClassification(GPT2Config(num_labels=2, pad_token_id=tokenizer.eos_token_id)).eval()
+    model.set_attn_implementation("eager")
+    return ExportSource(kind="teacher", module=ClassifierLogits(model).eval(), input_names=["input_ids",
+                        "attention_mask"], encode=lambda s: encode(tokenizer, s, 64), pad_id=tokenizer.eos_token_id,
+                        save_preprocessing=lambda folder: None, optimizer_type="gpt2", num_heads=12, hidden_size=768)
+
+
+def build_candidates(tuner: Tuner, ranked: bool, max_fp32: int) -> list[Candidate]:
+    """The tuner's own loop (``ranked``), or, for GPT-2, fallbacks from the end of the graph."""
+    if ranked:
+        return tuner.run()["candidates"]
+    out = []
+    for recipe in tuner.cfg.recipes:
+        nodes = tuner.nodes(recipe)
+        for k in (0, 2, max_fp32):
+            if k <= len(nodes):
+                print(f"  {recipe} +fp32:{k}", flush=True)
+                out.append(tuner.candidate(recipe, nodes[len(nodes) - k:]))
+    return out
+
+
+def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Config, threads: int, ranked: bool,
+            max_fp32: int, timed: int, rounds: int, dev_sentences: int | None) -> dict[str, Any]:
+    dev = cola.dev if dev_sentences is None else subsample(cola.dev, dev_sentences, seed=0)
+    labels = np.array([e.label for e in dev])
+    dev_ids = inputs.encode([e.text for e in dev])
+    data = CalibrationSet.draw(cola.train, cfg.calibration, cfg.held_out, cfg.seed, cfg.perturbed)
+    work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    start = time.time()
+    tuner = Tuner(inputs, data, cfg, work, print)
+    candidates = build_candidates(tuner, ranked, max_fp32)
+    tuning_s = time.time() - start
+    files = {"fp32": folder / MODEL_FILES["fp32"], "optimized": folder / MODEL_FILES["optimized"]}
+    files |= {c.name: tuner.files[c.name] for c in candidates if not c.error}
+    notes = {}
+    opt_path, why = optimum_dynamic(folder / MODEL_FILES["fp32"], work / "optimum")
+    if opt_path is not None:
+        files["optimum-dynamic"] = opt_path
+    else:
+        notes["optimum-dynamic"] = why
+    print(f"{name}: dev logits of {len(files)} models", flush=True)
+    want = logits(session(files["fp32"]), dev_ids, inputs.pad_id, 64)
+    rows: dict[str, dict[str, Any]] = {}
+    for key, path in files.items():
+        got = want if key == "fp32" else logits(session(path), dev_ids, inputs.pad_id, 64)
+        rows[key] = {"model": key, "file": str(path), "mb": path.stat().st_size / 1e6,
+                     "dev_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
+                     "dev_mcc": mcc(got.argmax(-1), labels), "dev_mcc_drop": mcc(want.argmax(-1), labels) - mcc(
+                         got.argmax(-1), labels)}
+    sample = sorted(random.Random(0).sample(range(len(dev_ids)), timed))
+    ids = [dev_ids[i] for i in sample]
+    time_rows(list(rows.values()), ids, inputs, threads, timed, rounds)
+    by_name = {c.name: c for c in candidates}
+    for k, row in rows.items():
+        c = by_name.get(k)
+        row |= {"tuning_agreement": c.agreement if c else None,
+                "held_out_agreement": c.agreement_held_out if c else None,
+                "perturbed_agreement": c.agreement_perturbed if c else None,
+                "held_out_mcc_drop": c.mcc_drop if c else None, "passed_tuning": c.passed if c else None,
+                "kept_fp32": c.kept_fp32 if c else []}
+    return {"model": name, "rows": list(rows.values()), "errors": {c.name: c.error for c in candidates if c.error},
+            "notes": notes, "tuning_s": tuning_s, "dev_sentences": len(dev),
+            "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop},
+            "calibration": cfg.calibration, "held_out": cfg.held_out, "threads": threads,
+            "timed_sentences": timed, "rounds": rounds}
+
+
+def time_rows(rows: list[dict[str, Any]], ids: list[list[int]], inputs: TuneInputs, threads: int, timed: int,
+              rounds: int) -> None:
+    """Batch-1 and batch-32 p50 of every row's file, and its ratio to the fp32 row's, in one interleaved run."""
+    print(f"timing {len(rows)} models at batch 1 and 32, {threads} threads", flush=True)
+    sessions = {r["model"]: session(Path(r["file"]), threads) for r in rows}
+    for batch, n in ((1, timed), (32, max(1, timed // 32))):
+        p50 = p50_ms(sessions, timing_feeds(ids, inputs.pad_id, inputs.input_names, batch, n), rounds)
+        for r in rows:
+            r[f"b{batch}_p50_ms"] = p50[r["model"]]
+            r[f"b{batch}_vs_fp32"] = p50["fp32"] / p50[r["model"]]
+
+
+def retime(path: Path, candidates: Path, cola: Any, threads: int, timed: int, rounds: int) -> dict[str, Any]:
+    """Time again the files of an earlier result (a busy machine spoils latencies, not accuracies): each row's
+    ``file``, or for a result written before rows recorded it, the tuner's name for it in ``candidates``."""
+    result = json.loads(path.read_text())
+    folder = Path(result["folder"])
+    for r in result["rows"]:
+        if "file" not in r:
+            fixed = {"fp32": folder / MODEL_FILES["fp32"], "optimized": folder / MODEL_FILES["optimized"]}
+            r["file"] = str(fixed.get(r["model"]) or candidates / f"{r['model'].replace(':', '-').replace('+', '_')}"
+                                                                   ".onnx")
+    source = gpt2_source() if result["model"].startswith("gpt2") else load_teacher_for_export(Path(result["run"]))
+    inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
+                        encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
+    dev_ids = inputs.encode([e.text for e in cola.dev])
+    ids = [dev_ids[i] for i in sorted(random.Random(0).sample(range(len(dev_ids)), timed))]
+    result["meta"]["retimed"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+                                 "load": round(os.getloadavg()[0], 2)}
+    time_rows(result["rows"], ids, inputs, threads, timed, rounds)
+    result["meta"]["retimed"]["load_after"] = round(os.getloadavg()[0], 2)
+    result |= {"threads": threads, "timed_sentences": timed, "rounds": rounds}
+    return result
+
+
+def retimed_note(meta: dict[str, Any]) -> str:
+    if "retimed" not in meta:
+        return ""
+    again = meta["retimed"]
+    return (f"; timed again {again['date']} (commit {again['commit']}, load average {again['load']} before, "
+            f"{again['load_after']} after)")
+
+
+def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [f"# int8 candidates: {result['model']}", "",
+             f"{meta['date']}, commit {meta['commit']}, {meta['machine']}, load average at start {meta['load']}"
+             + retimed_note(meta) + "; "
+             f"{result['threads']} ONNX Runtime threads; calibration {result['calibration']} / held-out "
+             f"{result['held_out']} training sentences; rule ≥ {result['rule']['min_agreement']:.0%} agreement, "
+             f"|Δ MCC| ≤ {result['rule']['max_mcc_drop']}; tuning took {result['tuning_s']:.0f} s.", "",
+             f"Dev: {result['dev_sentences']} sentences. Tuning agreement: held-out training sentences + perturbed "
+             "copies (held-out / perturbed apart); tuning verdict: the rule on those (the tuner stops a recipe's "
+             "fallback at its first pass).", "",
+             "| model | MB | b1 p50 ms | b1 vs fp32 | b32 p50 ms | b32 vs fp32 | tuning agreement (held-out / "
+             "perturbed) | tuning verdict | dev agreement | dev MCC | dev Δ MCC | fp32 nodes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        tuning = verdict = ""
+        if r["tuning_agreement"] is not None:
+            tuning = (f"{r['tuning_agreement']:.2%} ({r['held_out_agreement']:.2%} / "
+                      f"{r['perturbed_agreement']:.2%})")
+            verdict = "pass" if r["passed_tuning"] else "fail"
+        lines.append(f"| {r['model']} | {r['mb']:.1f} | {r['b1_p50_ms']:.3g} | {r['b1_vs_fp32']:.2f}x | "
+                     f"{r['b32_p50_ms']:.3g} | {r['b32_vs_fp32']:.2f}x | {tuning} | {verdict} | "
+                     f"{r['dev_agreement']:.2%} | {r['dev_mcc']:.4f} | {-r['dev_mcc_drop']:+.4f} | "
+                     f"{len(r['kept_fp32'])} |")
+    for k, v in {**result["errors"], **result["notes"]}.items():
+        lines.append(f"\n{k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="cola")
+    parser.add_argument("--teacher", type=Path, help="A teacher run folder (real weights).")
+    parser.add_argument("--gpt2", action="store_true", help="Also a 124M GPT-2 with random weights (speed only).")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-int8",
+                        help="Where the fp32 exports are written.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timed", type=int, default=64, help="Dev sentences timed (batch 1: each; batch 32: /32).")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--retime", type=Path, help="Time again the models of this results JSON, nothing else.")
+    parser.add_argument("--candidates", type=Path, help="With --retime: the folder holding its candidates.")
+    parser.add_argument("--gpt2-held-out", type=int, default=100)
+    parser.add_argument("--gpt2-dev", type=int, default=128, help="Dev sentences GPT-2's (meaningless) agreement is "
+                                                                   "measured on.")
+    args = parser.parse_args()
+    cola = load_dataset(args.data)
+    if args.retime:
+        result = retime(args.retime, args.candidates, cola, args.threads, args.timed, args.rounds)
+        args.retime.write_text(json.dumps(result, indent=1))
+        args.retime.with_suffix(".md").write_text(markdown(result, result["meta"]))
+        print(markdown(result, result["meta"]))
+        return
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+            "machine": f"{machine()['cpu']} ({machine()['cpus']} CPUs)", "load": round(os.getloadavg()[0], 2)}
+    jobs = []
+    if args.teacher:
+        folder = args.work / args.teacher.name
+        export(ExportConfig(run_dir=args.teacher, out=folder, optimize=True, data=args.data))
+        source = load_teacher_for_export(args.teacher)
+        jobs.append((str(args.teacher), folder, source, Int8Config(), True, None))
+    if args.gpt2:
+        folder = args.work / "gpt2-124m-random"
+        folder.mkdir(parents=True, exist_ok=True)
+        source = gpt2_source()
+        if not (folder / MODEL_FILES["optimized"]).exists():
+            export_onnx(source, folder / MODEL_FILES["fp32"], 17)
+            optimize(folder / MODEL_FILES["fp32"], folder / MODEL_FILES["optimized"], source)
+        jobs.append(("gpt2-124m-random", folder, source, Int8Config(held_out=args.gpt2_held_out, calibration=100),
+                     False, args.gpt2_dev))
+    RESULTS.mkdir(exist_ok=True)
+    for name, folder, source, cfg, ranked, dev_sentences in jobs:
+        inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
+                            encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
+        result = measure(name, folder, inputs, cola, cfg, args.threads, ranked, 8, args.timed, args.rounds,
+                         dev_sentences)
+        stem = "int8-gpt2" if name.startswith("gpt2") else "int8-minilm"
+        result |= {"folder": str(folder), "run": None if name.startswith("gpt2") else name}
+        (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
+        (RESULTS / f"{stem}.md").write_text(markdown(result, meta))
+        print(markdown(result, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""kdfast.int8: accuracy-aware int8 tuning on the tiny teacher; calibration reads training sentences only and never
+padding; a rule nothing meets fails with every candidate's numbers and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kdfast.batching import pad_batch
+from kdfast.data import Dataset, Example, load_dataset
+from kdfast.export import MANIFEST, ExportConfig, ParityError, run
+from kdfast.int8 import (
+    RECIPES,
+    CalibrationSet,
+    Int8Config,
+    UnpaddedReader,
+    calibrate,
+    fallback_steps,
+    sentences_sha256,
+    session,
+)
+
+pytest.importorskip("onnxruntime")
+
+N_CHECK = 128
+# Small enough for a test, large enough that the rule means something.
+TUNING = Int8Config(calibration=64, held_out=300, rank_sentences=32, timing_rounds=2)
+
+
+@pytest.fixture(scope="module")
+def low_margin_run(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny teacher with its two class rows made nearly equal: every label sits close to the decision boundary,
+    as many of a real CoLA teacher's do, so int8's small errors flip some of them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run_dir = tmp_path_factory.mktemp("low-margin") / "teacher"
+    shutil.copytree(teacher_run, run_dir, ignore=shutil.ignore_patterns("onnx"))
+    path = run_dir / "merged" / "model.safetensors"
+    weights = load_file(path)
+    w = weights["score.weight"]  # (2, C)
+    torch.manual_seed(0)
+    weights["score.weight"] = torch.stack([w[0], w[0] + 0.02 * w[0].abs().mean() * torch.randn_like(w[0])])
+    save_file(weights, path, metadata={"format": "pt"})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tuned(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("int8") / "onnx"
+    cfg = ExportConfig(run_dir=teacher_run, out=out, optimize=True, int8=True, int8_tuning=TUNING,
+                       max_check_sentences=N_CHECK, progress=False)
+    return out, run(cfg)
+
+
+def test_tuning_picks_a_candidate_and_records_it(tuned: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = tuned
+    int8 = manifest["int8"]
+    names = [c["name"] for c in int8["candidates"]]
+    assert set(RECIPES) <= set(names)  # every recipe was tried
+    winner = next(c for c in int8["candidates"] if c["name"] == int8["winner"])
+    assert winner["passed"] and winner["agreement"] >= 0.99 and abs(winner["mcc_drop"]) <= 0.01
+    # the fastest of those that passed
+    assert winner["p50_b1_ms"] == min(c["p50_b1_ms"] for c in int8["candidates"] if c["passed"])
+    assert int8["kept_fp32"] == winner["kept_fp32"] and int8["recipe"] == winner["recipe"]
+    assert int8["rule"] == {"min_agreement": 0.99, "max_mcc_drop": 0.01, "metric": "mcc"}
+    cal = int8["calibration"]
+    assert cal["split"] == "train" and cal["sentences"] == 64 and cal["held_out"] == 300
+    assert len(cal["sha256"]) == 64 and cal["sha256"] != cal["held_out_sha256"]
+    assert int8["held_out"]["agreement"] == winner["agreement"]
+    dev = int8["dev"]  # confirmed on dev by the parity check
+    row = next(v for v in manifest["parity"]["variants"] if v["variant"] == "int8")
+    assert dev["agreement"] == row["agreement"] >= 0.99 and dev["passed"] and row["passed"]
+    assert dev["mcc"] == row["metrics"]["dev_mcc"] and abs(dev["mcc_drop"]) <= 0.01
+    assert "|Δ MCC| ≤ 0.01" in row["rule"]
+    for batch in (1, 32):
+        speed = int8["speed"][f"batch_{batch}"]
+        assert speed["fp32_p50_ms"] > 0 and speed["int8_p50_ms"] > 0
+        assert speed["speedup"] == pytest.approx(speed["fp32_p50_ms"] / speed["int8_p50_ms"])
+    plan = {v["variant"]: v for v in manifest["variants"]}
+    assert plan["int8"]["from"] == int8["from"] == winner["source"]
+    assert (out / "model.int8.onnx").exists() and json.loads((out / MANIFEST).read_text())["int8"]["winner"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(("ranges-", "augmented-"))]
+
+
+def test_a_sensitivity_ranking_is_measured_when_a_recipe_fails(low_margin_run: Path, tmp_path: Path) -> None:
+    """A strict rule makes the plain recipe fail: nodes are ranked and kept fp32 one step at a time."""
+    cfg = Int8Config(calibration=32, held_out=200, rank_sentences=16, timing_rounds=1, min_agreement=1.0,
+                     max_drop=0.0, recipes=("static-minmax",), max_fp32_nodes=3)
+    try:
+        int8 = run(ExportConfig(run_dir=low_margin_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
+                                max_check_sentences=16, progress=False))["int8"]
+    except ParityError as e:
+        int8 = e.manifest["int8"]
+    assert not int8["candidates"][0]["passed"]
+    ranking = int8["ranking"]["static-minmax"]
+    gains = [r["mse_gain"] for r in ranking]
+    assert gains == sorted(gains, reverse=True) and len(ranking) >= 3
+    kept = [c["kept_fp32"] for c in int8["candidates"][1:]]
+    assert kept == [[r["node"] for r in ranking[:k]] for k in range(1, len(kept) + 1)]  # most sensitive first
+
+
+def test_a_rule_nothing_meets_fails_with_every_candidate(capsys: pytest.CaptureFixture[str], low_margin_run: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100% agreement and no fallback: every recipe flips some of the 1,000 held-out labels of a low-margin model.
+    The export fails, writes nothing, and the table shows every candidate's numbers."""
+    from kdfast.cli.export import print_report
+    from kdfast.cli.output import console
+
+    monkeypatch.setattr(console, "width", 200)  # one line per candidate
+    out = tmp_path / "onnx"
+    cfg = Int8Config(calibration=32, held_out=1000, min_agreement=1.0, max_drop=0.0, max_fp32_nodes=0,
+                     timing_rounds=1)
+    with pytest.raises(ParityError, match="no candidate holds the rule") as failure:
+        run(ExportConfig(run_dir=low_margin_run, out=out, int8=True, int8_tuning=cfg, max_check_sentences=16,
+                         progress=False))
+    assert not out.exists()  # nothing written
+    int8 = failure.value.manifest["int8"]
+    assert int8["winner"] is None and [c["name"] for c in int8["candidates"]] == list(RECIPES)
+    assert all(not c["passed"] and 0 < c["agreement"] < 1 and c["p50_b1_ms"] > 0 for c in int8["candidates"])
+    capsys.readouterr()
+    print_report(failure.value.manifest)
+    table = capsys.readouterr().out
+    for c in int8["candidates"]:
+        assert c["name"] in table and f"{c['agreement']:.1%}" in table
+    assert "fail" in table and "kept" not in table
+
+
+def test_the_cli_maps_the_rule_flags(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, tmp_path: Path) -> None:
+    import kdfast.cli.export as cli_export
+    from kdfast.cli.main import main
+
+    seen: list[ExportConfig] = []
+
+    def fake_run(cfg: ExportConfig) -> dict[str, Any]:
+        seen.append(cfg)
+        raise ParityError("stop", {"parity": {"checked": False}})
+
+    monkeypatch.setattr(cli_export, "run_export", fake_run)
+    monkeypatch.setattr(sys, "argv", ["kdfast", "export", "--onnx", str(teacher_run), "--out", str(tmp_path / "o"),
+                                      "--int8", "--int8-min-agreement", "0.98", "--int8-max-drop", "0.02",
+                                      "--int8-calibration", "50"])
+    with pytest.raises(SystemExit):
+        main()
+    tuning = seen[0].int8_tuning
+    assert seen[0].int8 and (tuning.min_agreement, tuning.max_drop, tuning.calibration) == (0.98, 0.02, 50)
+
+
+def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dev is marked: tuning's hash of what it read equals the hash of the training draw, and no dev sentence was
+    encoded while tuning."""
+    import kdfast.export as export
+    import kdfast.int8 as int8_module
+
+    cola = load_dataset(cola_dir)
+    marked = Dataset(train=cola.train, dev=[Example(f"DEV {e.text}", e.label, e.in_domain) for e in cola.dev],
+                     labels=cola.labels, source=cola.source, halves=cola.halves)
+    monkeypatch.setattr(export, "dataset_from_config", lambda *_: marked)
+    seen: list[str] = []
+    real = int8_module.ReadLog.__call__
+
+    def spy(self: int8_module.ReadLog, sentences: list[str]) -> list[list[int]]:
+        seen.extend(sentences)
+        return real(self, sentences)
+
+    monkeypatch.setattr(int8_module.ReadLog, "__call__", spy)
+    cfg = Int8Config(calibration=40, held_out=100, recipes=("dynamic",), max_fp32_nodes=0, timing_rounds=1,
+                     min_agreement=0.5, max_drop=1.0)
+    manifest = run(ExportConfig(run_dir=teacher_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
+                                max_check_sentences=16, progress=False))
+    draw = CalibrationSet.draw(cola.train, 40, 100, seed=0)
+    want = [e.text for e in draw.calibration + draw.held_out]
+    cal = manifest["int8"]["calibration"]
+    assert cal["read_sha256"] == sentences_sha256(want) == sentences_sha256(seen) and cal["read"] == 140
+    assert cal["sha256"] == sentences_sha256([e.text for e in draw.calibration])
+    assert not any(s.startswith("DEV ") for s in seen)
+    assert manifest["parity"]["sentences"] == 16  # dev was read by the parity check, after tuning
+
+
+def test_calibration_ranges_ignore_padding(tuned: tuple[Path, dict[str, Any]], teacher_run: Path, cola_dir: Path,
+                                           tmp_path: Path) -> None:
+    """Batches that are mostly padding calibrate to the same ranges as the sentences alone; fed padded as they are,
+    the ranges change (so the check can fail)."""
+    from kdfast.teacher import encode, load_tokenizer
+
+    out, manifest = tuned
+    model = out / "model.onnx"
+    pre = manifest["source_run"]["preprocessing"]
+    tokenizer = load_tokenizer(str(out / pre["tokenizer"]))
+    ids = encode(tokenizer, [e.text for e in load_dataset(cola_dir).train[:12]], 64)
+    pad = pre["pad_id"]
+    width = 4 * max(map(len, ids))  # about 90% of every batch is padding
+    padded = []
+    for k in range(0, len(ids), 4):
+        input_ids, mask = pad_batch(ids[k:k + 4], pad)
+        extra = width - input_ids.shape[1]
+        padded.append((torch.nn.functional.pad(input_ids, (0, extra), value=pad),
+                       torch.nn.functional.pad(mask, (0, extra), value=0)))
+    assert sum(int(m.sum()) for _, m in padded) < 0.3 * sum(m.numel() for _, m in padded)
+    alone = [pad_batch([s], pad) for s in ids]
+    names = ["input_ids", "attention_mask"]
+    a = calibrate(model, UnpaddedReader(padded, names), "minmax", 99.999, tmp_path)
+    b = calibrate(model, UnpaddedReader(alone, names), "minmax", 99.999, tmp_path)
+    assert a.keys() == b.keys() and len(a.keys()) > 4
+    for k in a:
+        assert np.array_equal(a[k].range_value, b[k].range_value), k
+
+    class Padded:  # what a plain reader would feed: the padded batches as they are
+        def __init__(self) -> None:
+            self.it = iter(padded)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.it, None)
+            return None if batch is None else {"input_ids": batch[0].numpy(), "attention_mask": batch[1].numpy()}
+
+        def rewind(self) -> None:
+            self.it = iter(padded)
+
+    c = calibrate(model, Padded(), "minmax", 99.999, tmp_path)  # type: ignore[arg-type]
+    assert any(not np.array_equal(a[k].range_value, c[k].range_value) for k in a)
+
+
+def test_fallback_steps() -> None:
+    assert fallback_steps(0) == []
+    assert fallback_steps(3) == [1, 2, 3]
+    assert fallback_steps(8) == [1, 2, 3, 4, 6, 8]
+    assert fallback_steps(10) == [1, 2, 3, 4, 6, 9, 10]
+
+
+def test_draw_is_disjoint_and_seeded() -> None:
+    train = [Example(f"s{i}", i % 2) for i in range(50)]
+    a, b = CalibrationSet.draw(train, 10, 30, seed=0), CalibrationSet.draw(train, 10, 30, seed=0)
+    assert a == b and len(a.calibration) == 10 and len(a.held_out) == 30
+    assert not {e.text for e in a.calibration} & {e.text for e in a.held_out}
+    assert CalibrationSet.draw(train, 10, 30, seed=1) != a
+
+
+def test_three_classes(tmp_path: Path) -> None:
+    """Nothing assumes two classes: a three-class model (embedding -> LSTM -> mean -> linear) tuned end to end."""
+    from torch import nn
+
+    from kdfast.export import ExportSource, export_onnx
+    from kdfast.int8 import TuneInputs, tune
+
+    class Three(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.rnn, self.head = nn.Embedding(60, 32, padding_idx=0), nn.LSTM(32, 32), nn.Linear(32, 3)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            mask = (input_ids != 0).unsqueeze(-1).float()  # (B, T, 1)
+            h, _ = self.rnn(self.embed(input_ids).transpose(0, 1))  # (T, B, C)
+            return self.head((h.transpose(0, 1) * mask).sum(1) / mask.sum(1).clamp(min=1))  # (B, 3)
+
+    torch.manual_seed(0)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [[1 + sum(map(ord, w)) % 59 for w in t.split()] for t in texts]
+
+    source = ExportSource(kind="student", module=Three().eval(), input_names=["input_ids"], encode=encode, pad_id=0,
+                          save_preprocessing=lambda folder: None, meta={})
+    export_onnx(source, tmp_path / "model.onnx", 17)
+    rng = np.random.default_rng(0)
+    words = ["the", "a", "cat", "dog", "saw", "ran", "big", "small", "red", "blue", "green", "quickly"]
+    train = [Example(" ".join(rng.choice(words, rng.integers(3, 12))), int(i % 3)) for i in range(400)]
+    inputs = TuneInputs(fp32=tmp_path / "model.onnx", base=tmp_path / "model.onnx", encode=encode, pad_id=0,
+                        input_names=["input_ids"])
+    cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1)
+    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg)
+    assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
+    got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
+    assert got[0].shape == (1, 3)
+    assert all(0 <= c["agreement"] <= 1 for c in report["candidates"] if not c["error"])
