@@ -30,6 +30,8 @@ def pipeline_command(
     """Everything, once: teacher, students, ONNX export (fp32 and int8) and the benchmark. Re-running resumes:
     stages whose outputs exist and were made with the same configuration are skipped."""
     result = run_pipeline(PipelineConfig(**locals()))  # every option is a field of the config
+    if result["bench_json"] is None:  # under torchrun, a rank other than 0: it trained, rank 0 reports
+        return
     from kdfast.cli.bench import results_table, wide_console
     from kdfast.runs import read_json
 

@@ -126,10 +126,6 @@ class Context:
         dist.all_gather(parts, buf)
         return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).cpu()
 
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
     @property
     def comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -179,6 +175,12 @@ def setup(device: str = "auto", precision: str = "fp32", batch_size: int | None 
         dist.init_process_group(backend, timeout=TIMEOUT, device_id=resolved if backend == "nccl" else None)
         atexit.register(_teardown)
     return Context(rank=rank, world=world, local_rank=local_rank, device=resolved, precision=precision)
+
+
+def barrier() -> None:
+    """Wait for every rank of the job (nothing to wait for without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _teardown() -> None:
