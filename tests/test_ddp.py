@@ -22,9 +22,10 @@ from kdfast.errors import KdfastError
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 300  # seconds for one kdfast run; a hang fails the test instead of the CI job
-# 44 sentences in global batches of 8: five full batches and a last one of 4 (uneven across slices with accum)
+# 44 sentences in global batches of 8: five full batches and a last one of 4 (uneven across slices with accum); the
+# teacher's batches length-grouped, the students' shuffled
 TEACHER = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--rank", "4", "--alpha", "8",
-           "--lora-dropout", "0", "--device", "cpu", "--seed", "3"]
+           "--lora-dropout", "0", "--group-by-length", "--device", "cpu", "--seed", "3"]
 STUDENT = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--dropout", "0", "--hidden", "16",
            "--embed-dim", "16", "--device", "cpu", "--seed", "3"]
 
