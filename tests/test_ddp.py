@@ -201,3 +201,20 @@ def test_a_failing_rank_fails_the_job_quickly(tmp_path: Path, no_dropout_gpt2: P
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: the loss became nan at epoch 1, step 0; try a lower --lr"], result.stderr[-2000:]
     assert not (tmp_path / "t").exists() and not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_stops_every_rank_and_leaves_no_run_folder(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it, part-way through a long run."""
+    import signal
+
+    args = ["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), "--epochs", "50",
+            "--max-train-samples", "4000", "--batch-size", "8", "--device", "cpu"]
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "kdfast", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+                           start_new_session=True)
+    time.sleep(15)
+    os.killpg(job.pid, signal.SIGINT)
+    start = time.monotonic()
+    assert job.wait(timeout=60) != 0
+    assert time.monotonic() - start < 60
+    assert not list(tmp_path.iterdir())  # neither the run folder nor its hidden staging folder
