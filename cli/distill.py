@@ -60,6 +60,8 @@ def distill(
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    grad_accum: int = options.GRAD_ACCUM,
+    precision: str = options.PRECISION,
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
@@ -95,6 +97,8 @@ def train_rnn(
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     batch_size: int = typer.Option(32),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    grad_accum: int = options.GRAD_ACCUM,
+    precision: str = options.PRECISION,
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:

@@ -3,11 +3,13 @@ mistake (a ``KdfastError`` or a bad flag) into one ``error: ...`` line and a non
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import typer
 
-from kdfast.errors import KdfastError
+from kdfast.errors import KdfastError, first_line
 
 # Typer >= 0.26 carries its own copy of click, whose exceptions derive from typer.TyperException; older Typers raise
 # click's own. A bad flag is a user's mistake either way.
@@ -21,6 +23,8 @@ try:
     _ABORTS: tuple[type[BaseException], ...] = (typer.Abort, click.Abort, KeyboardInterrupt)
 except ImportError:  # pragma: no cover
     _ABORTS = (typer.Abort, KeyboardInterrupt)
+
+RANK_ERROR_GRACE_S = 2.0  # see _fail
 
 app = typer.Typer(
     name="kdfast",
@@ -36,17 +40,30 @@ app.add_typer(train_app, name="train")
 from kdfast.cli import bench, distill, evaluate, export, generate, pipeline, predict, serve, train  # noqa: E402,F401  (register commands)
 
 
+def _fail(message: str, code: int) -> None:
+    """Print one ``error:`` line and exit. Under torchrun, ranks other than 0 wait a moment first: when rank 0
+    failed the same way (a bad flag fails on every rank), torchrun stops them meanwhile and the job prints the
+    error once; when they alone failed, they print it and torchrun stops the others."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        time.sleep(RANK_ERROR_GRACE_S)
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone prints
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
     try:
         code = app(standalone_mode=False)
     except KdfastError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {e}", 2)
     except _ABORTS:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("error: interrupted", 130)
     except _CLI_ERRORS as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 2) or 2)
+        _fail(f"error: {message}", getattr(e, "exit_code", 2) or 2)
+    except RuntimeError as e:  # torch.OutOfMemoryError (named, so that this module need not import torch)
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        _fail(f"error: out of memory ({first_line(e)}); try a smaller --batch-size, or --grad-accum", 1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -32,6 +32,8 @@ def pipeline_command(
     from kdfast.pipeline import run as run_pipeline
 
     result = run_pipeline(PipelineConfig(**fields))
+    if result["bench_json"] is None:  # under torchrun, a rank other than 0: it trained, rank 0 reports
+        return
     from kdfast.cli.bench import results_table, wide_console
     from kdfast.runs import read_json
 

@@ -30,6 +30,8 @@ def train_lora(
     select_by: str = options.SELECT_BY,
     max_train_samples: int | None = typer.Option(None, help="Train on a seeded subset of this many sentences."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    grad_accum: int = options.GRAD_ACCUM,
+    precision: str = options.PRECISION,
     fused_lora: bool = typer.Option(False, help="Fused Triton LoRA kernel for the unmerged layers (CUDA)."),
     group_by_length: bool = typer.Option(False, help="Batch sentences of similar length together (less padding)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),

@@ -57,6 +57,7 @@ from torch import nn
 
 from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_dataset, subsample
+from kdfast.distributed import Context, setup
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.metrics import SELECT_BY, best_summary, improves
 from kdfast.plots import plot_curves
@@ -84,7 +85,7 @@ from kdfast.student import (
     save_student,
 )
 from kdfast.teacher import encode, load_teacher, score_dev, teacher_outputs
-from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
+from kdfast.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
@@ -120,6 +121,8 @@ class ScratchConfig:
     max_train_samples: int | None = None  # a seeded subset of train, for quick runs
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # the cell-loop student through torch.compile, for training and dev scoring
+    grad_accum: int = 1  # micro-batches per optimizer step on each process; --batch-size stays the global batch
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast on CUDA (fp16 with a gradient scaler)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -184,23 +187,26 @@ class DistillConfig(ScratchConfig):
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, temperature: float,
-            alpha: float) -> torch.Tensor:
+            alpha: float, rows: int | None = None, labelled_rows: int | None = None) -> torch.Tensor:
     """α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·CE(s, y), in fp32.
 
     ``student`` and ``teacher`` are logits (B, C); ``labels`` (B,) is −1 on sentences with no gold label, which
     then count in the KL term only (the CE term averages over labelled rows; 0 when there are none). The KL term
     averages over all rows (``batchmean``). ``teacher`` may be None only when ``alpha`` is 0.
+
+    With ``rows`` and ``labelled_rows``, the sums divide by those counts instead (of the *global* batch, when these
+    B rows are one slice of it in data-parallel training): the slices' losses then add up to the global batch's.
     """
     s = student.float()
     labelled = labels >= 0
     ce_rows = F.cross_entropy(s, labels.clamp(min=0), reduction="none")  # (B,)
-    ce = (ce_rows * labelled).sum() / labelled.sum().clamp(min=1)
+    ce = (ce_rows * labelled).sum() / (labelled.sum().clamp(min=1) if labelled_rows is None else max(labelled_rows, 1))
     if alpha == 0:
         return ce
     assert teacher is not None, "the KL term needs teacher logits"
     t = temperature
     kl = F.kl_div(F.log_softmax(s / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1), log_target=True,
-                  reduction="batchmean")
+                  reduction="sum") / (len(s) if rows is None else rows)
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
@@ -344,10 +350,11 @@ def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:
     return sentences if mask == MASK else [s.replace(MASK, mask) for s in sentences]
 
 
-def score_with_teacher(cfg: DistillConfig, sentences: list[str], device: torch.device, bar: Any
+def score_with_teacher(cfg: DistillConfig, sentences: list[str], ctx: Context, bar: Any
                        ) -> tuple[dict[str, torch.Tensor], str, bool]:
     """The teacher's ``logits`` (N, C) and ``features`` (N, d) for ``sentences``, from a cache when one matches
-    (one without features does when ``--feature-weight`` is 0): (scores, key, from_cache)."""
+    (one without features does when ``--feature-weight`` is 0): (scores, key, from_cache). Under torchrun each rank
+    scores its contiguous shard and every rank gets all N rows: N devices take 1/N of the time."""
     from transformers import AutoTokenizer
 
     merged = Path(cfg.teacher) / "merged"
@@ -363,18 +370,36 @@ def score_with_teacher(cfg: DistillConfig, sentences: list[str], device: torch.d
             bar.console.print(f"teacher logits: reusing {Path(candidate) / CACHE_FILE}")
             return cached, key, True
     model, tokenizer = load_teacher(cfg.teacher)
-    model.to(device)
+    model.to(ctx.device)
     max_length = read_json(Path(cfg.teacher) / METRICS_FILE)["config"].get("max_length", 64)
+    shard = ctx.shard(len(texts)) if len(texts) >= ctx.world else range(len(texts))  # no rank left empty-handed
+    mine = texts[shard.start : shard.stop]
     parts: list[dict[str, torch.Tensor]] = []
-    task = bar.add_task("teacher logits (once)", total=len(texts), loss=0.0, rate=0.0)
+    task = bar.add_task("teacher logits (once)", total=len(mine), loss=0.0, rate=0.0)
     start, chunk = time.perf_counter(), 2048
-    for i in range(0, len(texts), chunk):
-        ids = encode(tokenizer, texts[i : i + chunk], max_length)
-        parts.append(teacher_outputs(model, ids, tokenizer.pad_token_id, device, cfg.teacher_batch_size))
-        done = min(i + chunk, len(texts))
+    for i in range(0, len(mine), chunk):
+        ids = encode(tokenizer, mine[i : i + chunk], max_length)
+        parts.append(teacher_outputs(model, ids, tokenizer.pad_token_id, ctx.device, cfg.teacher_batch_size))
+        done = min(i + chunk, len(mine))
         bar.update(task, completed=done, rate=done / (time.perf_counter() - start))
     del model
-    return {k: torch.cat([p[k] for p in parts]) for k in ("logits", "features")}, key, False
+    scores = {k: torch.cat([p[k] for p in parts]) for k in ("logits", "features")}
+    if len(mine) < len(texts):  # every rank's shard, in order, on every rank
+        scores = {k: ctx.gather_rows(v, len(texts)) for k, v in scores.items()}
+    return scores, key, False
+
+
+class WithProjection(nn.Module):
+    """The student and the linear map of its sentence vector onto the teacher's (``--feature-weight``), as one
+    module, so that one DistributedDataParallel synchronises both: (logits (B, C), projected features (B, d))."""
+
+    def __init__(self, student: nn.Module, projection: nn.Module) -> None:
+        super().__init__()
+        self.student, self.projection = student, projection
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.student(input_ids, mask, return_features=True)
+        return logits, self.projection(features)
 
 
 # --- the stage
@@ -394,8 +419,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
             read_run_info(cfg.teacher, "teacher")
         except KdfastError as e:
             raise KdfastError(f"--teacher {e}") from None
-    device = resolve_device(cfg.device)
-    generator = seed_everything(cfg.seed)
+    ctx = setup(cfg.device, cfg.precision, cfg.batch_size, cfg.grad_accum)
+    device = ctx.device
+    generator = seed_everything(cfg.seed)  # the same on every rank: the same init and the same order
     # A distilled student's ids are its teacher's: the teacher's logits are columns in the teacher's label order.
     teacher_labels = run_labels(cfg.teacher) if isinstance(cfg, DistillConfig) else None
     data = load_dataset(cfg.data, cfg.dev_data, cfg.text_column, cfg.label_column, teacher_labels)
@@ -419,11 +445,11 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     synthetic: list[str] = []
     cache: dict[str, Any] = {}
 
-    with progress_bar(cfg.progress) as bar:
+    with progress_bar(cfg.progress, ctx.master) as bar:
         if isinstance(cfg, DistillConfig):
             neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
             synthetic = augment(sentences, cfg.augment or 0, cfg.seed, neighbours)
-            scores, key, hit = score_with_teacher(cfg, sentences + synthetic, device, bar)
+            scores, key, hit = score_with_teacher(cfg, sentences + synthetic, ctx, bar)
             soft = scores["logits"]
             if beta > 0:
                 target = standardise(scores["features"])
@@ -437,6 +463,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         optimizer, scheduler = adamw_with_warmup(
             params, cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
         )
+        # DDP over the whole student (and the projection): every parameter trains
+        ddp = ctx.wrap(WithProjection(runner, projection) if projection is not None else runner)
+        scaler = ctx.scaler()
 
         # --- train
         history: list[dict[str, Any]] = []
@@ -448,33 +477,49 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
             task = bar.add_task(f"{'distill' if distill else 'scratch'} epoch {epoch}/{cfg.epochs}", total=len(ids),
                                 loss=0.0, rate=0.0)
             loss_sum, correct, real, seen, start = 0.0, 0, 0, 0, time.perf_counter()
-            for step, idx in enumerate(shuffled_batches(len(ids), cfg.batch_size, generator)):
-                input_ids, mask = pad_batch([ids[i] for i in idx], vocab.pad_id)
-                if cfg.compile:
-                    input_ids, mask = pad_for_compile(input_ids, mask, vocab.pad_id)
-                y = label_t[idx].to(device)
-                teacher = soft[idx].to(device) if soft is not None else None
-                if projection is not None and target is not None:
-                    logits, features = runner(input_ids.to(device), mask.to(device), return_features=True)
-                    loss = kd_loss(logits, teacher, y, temperature, alpha) + beta * F.mse_loss(
-                        projection(features).float(), target[idx].to(device))
-                else:
-                    logits = runner(input_ids.to(device), mask.to(device))  # (B, C)
-                    loss = kd_loss(logits, teacher, y, temperature, alpha)
-                check_finite(loss, epoch, step)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
+            for step, batch in enumerate(shuffled_batches(len(ids), cfg.batch_size, generator)):
+                # every rank knows the whole global batch, hence the counts its slices' losses divide by
+                rows, labelled_rows = len(batch), int((label_t[batch] >= 0).sum())
+                parts = ctx.micro_batches(batch, cfg.grad_accum)
+                for k, part in enumerate(parts):
+                    idx = part or batch[:1]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
+                    input_ids, mask = pad_batch([ids[i] for i in idx], vocab.pad_id)
+                    if cfg.compile:
+                        input_ids, mask = pad_for_compile(input_ids, mask, vocab.pad_id)
+                    y = label_t[idx].to(device)
+                    teacher = soft[idx].to(device) if soft is not None else None
+                    with ctx.sync(ddp, last=k == len(parts) - 1), ctx.autocast():
+                        # this slice's share of the global batch's mean loss
+                        if target is not None:
+                            logits, projected = ddp(input_ids.to(device), mask.to(device))
+                            fit = F.mse_loss(projected.float(), target[idx].to(device), reduction="sum")
+                            loss = kd_loss(logits, teacher, y, temperature, alpha, rows, labelled_rows) + beta * fit / (
+                                rows * target.shape[1])
+                        else:
+                            logits = ddp(input_ids.to(device), mask.to(device))  # (B, C)
+                            loss = kd_loss(logits, teacher, y, temperature, alpha, rows, labelled_rows)
+                        check_finite(loss, epoch, step)
+                        # DDP averages over the N ranks; their shares add up: N × the share
+                        scaler.scale(loss * (ctx.world if part else 0.0)).backward()
+                    if part:
+                        loss_sum += loss.item() * rows
+                        labelled = y >= 0
+                        correct += int((logits.argmax(-1) == y)[labelled].sum())
+                        real += int(labelled.sum())
+                        seen += len(part)
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # of the averaged gradient
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.item() * len(idx)
-                labelled = y >= 0
-                correct += int((logits.argmax(-1) == y)[labelled].sum())
-                real += int(labelled.sum())
-                seen += len(idx)
-                bar.update(task, advance=len(idx), loss=loss_sum / seen, rate=seen / (time.perf_counter() - start))
+                rate = seen * ctx.world / (time.perf_counter() - start)
+                bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
+            loss_sum, correct, real, seen = ctx.all_sum(loss_sum, correct, real, seen)  # over every rank's slices
             seconds = time.perf_counter() - start
-            report = score_dev(predict_logits(runner, dev_ids, device, vocab.pad_id, bucket=cfg.compile), data)
+            shard = ctx.shard(len(dev_ids))  # each rank scores its shard of dev; all get every row
+            local = predict_logits(runner, dev_ids[shard.start : shard.stop], device, vocab.pad_id, bucket=cfg.compile)
+            report = score_dev(ctx.gather_rows(torch.from_numpy(local), len(dev_ids)).numpy(), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / max(real, 1),
                             "train_sentences_per_s": seen / seconds, **report})
             bar.console.print(
@@ -505,6 +550,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         teacher_mcc = teacher_best.get("dev_mcc")
         metrics["teacher"] = {"run": str(cfg.teacher), "best": teacher_best, "logits_cache": cache,
                               "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None}
+    metrics["processes"] = ctx.world
+    if not ctx.master:  # rank 0 alone writes the run folder
+        return metrics
     mode = "distill" if distill else "scratch"
     with staged_dir(cfg.out, cfg.overwrite) as tmp:
         save_student(model.cpu(), vocab, cfg.max_length, tmp)

@@ -28,6 +28,7 @@ from kdfast.errors import KdfastError
 from kdfast.runs import read_json, write_json
 
 STATE_FILE = "pipeline.json"
+TRAINING = ("teacher", "student", "rnn")  # under torchrun these run on every rank, data-parallel; the rest on rank 0
 PRESETS = ("quick", "full")
 
 
@@ -120,9 +121,15 @@ def read_state(out: Path) -> dict[str, str]:
 
 
 def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage; returns ``{"ran": [...], "skipped": [...], "artifacts": {...}, "bench": ...}``."""
+    """Run (or resume) every stage; returns ``{"ran": [...], "skipped": [...], "artifacts": {...}, "bench_json":
+    path}``. Started under torchrun, every rank runs the training stages data-parallel (a barrier after each) and
+    rank 0 alone the export and bench stages; the other ranks get ``bench_json`` None."""
+    from kdfast.distributed import barrier, env_world
+
     cfg.validate()
-    console = console or Console(stderr=True)
+    rank, _, world = env_world()
+    master = rank == 0  # under torchrun rank 0 alone prints, exports, benchmarks and writes pipeline.json
+    console = console or Console(stderr=True, quiet=not master)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = build_stages(cfg)
@@ -133,6 +140,8 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
                   TimeElapsedColumn(), console=console, disable=not cfg.progress) as bar:
         task = bar.add_task("", total=len(stages))
         for stage in stages:
+            if not master and stage.name not in TRAINING:
+                continue
             digest = stage_hash(stage.config)
             done = state.get(stage.name) == digest and all(p.exists() for p in stage.outputs)
             if done and not set(stage.needs) & set(ran):
@@ -142,14 +151,18 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
                 continue
             bar.update(task, description=stage.name)
             state.pop(stage.name, None)  # not done until it finishes again
-            write_json(out / STATE_FILE, {"stages": state})
+            if master:
+                write_json(out / STATE_FILE, {"stages": state})
             stage.run(stage.config)
+            if world > 1 and stage.name in TRAINING:
+                barrier()  # rank 0 has written the run folder before any rank's next stage reads it
             state[stage.name] = digest
-            write_json(out / STATE_FILE, {"stages": state})
+            if master:
+                write_json(out / STATE_FILE, {"stages": state})
             ran.append(stage.name)
             bar.console.print(f"{stage.name}: done")
             bar.advance(task)
     artifacts = {s.name: str(s.outputs[0].parent) for s in stages}
     bench_stage = stages[-1]
     return {"ran": ran, "skipped": skipped, "artifacts": artifacts,
-            "bench_json": str(bench_stage.outputs[0])}
+            "bench_json": str(bench_stage.outputs[0]) if master else None}

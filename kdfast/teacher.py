@@ -24,6 +24,7 @@ from torch import nn
 
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Dataset, load_dataset, subsample
+from kdfast.distributed import Context, setup
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.lora import (
     count_parameters,
@@ -46,7 +47,7 @@ from kdfast.runs import (
     write_json,
     write_run_info,
 )
-from kdfast.training import adamw_with_warmup, check_finite, progress_bar, resolve_device, seed_everything
+from kdfast.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
 
 
 @dataclass
@@ -73,6 +74,8 @@ class TeacherConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     fused_lora: bool = False  # the fused Triton LoRA kernel for unmerged layers on CUDA
     group_by_length: bool = False  # batch sentences of similar length together: about half the compute
+    grad_accum: int = 1  # micro-batches per optimizer step on each process; --batch-size stays the global batch
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast on CUDA (fp16 with a gradient scaler)
     overwrite: bool = False  # replace a non-empty --out
     progress: bool = True
 
@@ -209,6 +212,13 @@ def predict_logits(
     return teacher_outputs(model, ids, pad_id, device, batch_size, features=False)["logits"].numpy()
 
 
+def sharded_logits(ctx: Context, model: nn.Module, ids: list[list[int]], pad_id: int) -> np.ndarray:
+    """``predict_logits`` over all of ``ids``, each rank scoring its shard: the same (N, C) on every rank."""
+    shard = ctx.shard(len(ids))
+    local = predict_logits(model, ids[shard.start : shard.stop], pad_id, ctx.device)
+    return ctx.gather_rows(torch.from_numpy(local), len(ids)).numpy()
+
+
 def score_dev(logits: np.ndarray, data: Dataset) -> dict[str, float]:
     """Loss, accuracy, MCC and macro-F1 on dev (and on its two halves, for CoLA)."""
     return score_logits(logits, *data.dev_targets())
@@ -220,7 +230,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     cfg.validate()
     cfg.out = Path(cfg.out)
     check_out_dir(cfg.out, cfg.overwrite)
-    device = resolve_device(cfg.device)
+    ctx = setup(cfg.device, cfg.precision, cfg.batch_size, cfg.grad_accum)
+    device = ctx.device
     generator = seed_everything(cfg.seed)
     data = load_dataset(cfg.data, cfg.dev_data, cfg.text_column, cfg.label_column)
     train = subsample(data.train, cfg.max_train_samples, cfg.seed)
@@ -234,6 +245,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     model.to(device)
     trainable, total = count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    ddp = ctx.wrap(model)  # DDP over the LoRA factors and the head; model itself with one process
+    scaler = ctx.scaler()
     train_ids = encode(tokenizer, [e.text for e in train], cfg.max_length)
     train_labels = torch.tensor([e.label for e in train])
     dev_ids = encode(tokenizer, [e.text for e in data.dev], cfg.max_length)
@@ -246,7 +259,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] = {}
-    with progress_bar(cfg.progress) as bar:
+    with progress_bar(cfg.progress, ctx.master) as bar:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             task = bar.add_task(f"teacher epoch {epoch}/{cfg.epochs}", total=len(train), loss=0.0, rate=0.0)
@@ -255,30 +268,40 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                 batches = length_grouped_batches([len(ids) for ids in train_ids], cfg.batch_size, generator)
             else:
                 batches = shuffled_batches(len(train), cfg.batch_size, generator)
-            for step, idx in enumerate(batches):
-                input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
-                labels = train_labels[idx].to(device)
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-                loss = F.cross_entropy(logits.float(), labels)
-                check_finite(loss, epoch, step)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
+            for step, batch in enumerate(batches):  # the same global batches on every rank; each takes its slice
+                parts = ctx.micro_batches(batch, cfg.grad_accum)
+                for k, part in enumerate(parts):
+                    idx = part or batch[:1]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
+                    input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
+                    labels = train_labels[idx].to(device)
+                    with ctx.sync(ddp, last=k == len(parts) - 1), ctx.autocast():
+                        logits = ddp(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                        loss = F.cross_entropy(logits.float(), labels, reduction="sum")  # summed over the rows
+                        check_finite(loss / len(idx), epoch, step)
+                        # rows' sum × N / B: DDP's mean over ranks then gives the mean over the global batch
+                        scaler.scale(loss * ctx.weight(len(part), len(batch))).backward()
+                    if part:
+                        loss_sum += loss.item()
+                        correct += int((logits.argmax(-1) == labels).sum())
+                        seen += len(part)
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # of the averaged gradient
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(-1) == labels).sum())
-                seen += len(idx)
-                rate = seen / (time.perf_counter() - start)
-                bar.update(task, advance=len(idx), loss=loss_sum / seen, rate=rate)
-            report = score_dev(predict_logits(model, dev_ids, tokenizer.pad_token_id, device), data)
+                rate = seen * ctx.world / (time.perf_counter() - start)
+                bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
+            loss_sum, correct, seen = ctx.all_sum(loss_sum, correct, seen)  # the epoch over every rank's slices
+            seconds = time.perf_counter() - start
+            report = score_dev(sharded_logits(ctx, model, dev_ids, tokenizer.pad_token_id), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                            "train_sentences_per_s": seen / (time.perf_counter() - start), **report})
+                            "train_sentences_per_s": seen / seconds, **report})
             bar.console.print(
                 f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
                 f"dev MCC {report['dev_mcc']:.4f}, dev F1 {report['dev_f1']:.4f}"
             )
-            if improves(report, best, cfg.select_by):
+            if improves(report, best, cfg.select_by):  # the same dev logits on every rank: the same best epoch
                 best = best_summary(epoch, report)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert best is not None
@@ -295,7 +318,10 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
         "total_params": total,
         "config": {**asdict(cfg), "out": str(cfg.out)},
         "data": data.summary(train),
+        "processes": ctx.world,
     }
+    if not ctx.master:  # rank 0 alone writes the run folder
+        return metrics
     with staged_dir(cfg.out, cfg.overwrite) as tmp:
         save_adapter(model.cpu(), tmp / "adapter", cfg.model, cfg.rank, cfg.alpha, cfg.lora_dropout)
         merged = unwrap_merged(model)

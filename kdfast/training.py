@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdfast.errors import KdfastError
@@ -51,8 +52,9 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
         raise KdfastError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; try a lower --lr")
 
 
-def progress_bar(enabled: bool = True) -> Progress:
-    """A Rich progress bar with the running loss and the speed in sentences/s (fields ``loss`` and ``rate``)."""
+def progress_bar(enabled: bool = True, master: bool = True) -> Progress:
+    """A Rich progress bar with the running loss and the speed in sentences/s (fields ``loss`` and ``rate``). On
+    ranks other than 0 (``master`` False) it and its console print nothing."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -61,6 +63,7 @@ def progress_bar(enabled: bool = True) -> Progress:
         TextColumn("{task.fields[rate]:.0f} sent/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not enabled or os.environ.get("KDFAST_NO_PROGRESS") == "1",
+        disable=not enabled or not master or os.environ.get("KDFAST_NO_PROGRESS") == "1",
         transient=False,
+        console=None if master else Console(quiet=True),
     )

@@ -22,15 +22,17 @@ def gpt2_tokenizer():
     return GPT2Tokenizer(vocab=vocab, merges=[tuple(line.split()) for line in lines if line])
 
 
-def save_tiny_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0) -> Path:
-    """A random tiny GPT-2 classifier (real GPT-2 structure and tokenizer) saved with save_pretrained."""
+def save_tiny_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0, dropout: float = 0.1) -> Path:
+    """A random tiny GPT-2 classifier (real GPT-2 structure and tokenizer) saved with save_pretrained; ``dropout``
+    on its residual, embedding and attention paths (GPT-2's default 0.1)."""
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
     tokenizer = gpt2_tokenizer()
     config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=128, num_labels=2,
-                        pad_token_id=tokenizer.eos_token_id)
+                        pad_token_id=tokenizer.eos_token_id, resid_pdrop=dropout, embd_pdrop=dropout,
+                        attn_pdrop=dropout)
     GPT2ForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -1,0 +1,220 @@
+"""Data-parallel training (kdfast.distributed): two processes under torchrun (gloo, CPU) must train the same model as
+one process with the same global batch and seed, write one run folder like it, share the teacher's scoring, and
+fail as a whole when one rank fails."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import save_tiny_gpt2
+from safetensors.torch import load_file
+
+from kdfast.distill import kd_loss
+from kdfast.distributed import Context, setup, split
+from kdfast.errors import KdfastError
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 300  # seconds for one kdfast run; a hang fails the test instead of the CI job
+# 44 sentences in global batches of 8: five full batches and a last one of 4 (uneven across slices with accum); the
+# teacher's batches length-grouped, the students' shuffled
+TEACHER = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--rank", "4", "--alpha", "8",
+           "--lora-dropout", "0", "--group-by-length", "--device", "cpu", "--seed", "3"]
+STUDENT = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--dropout", "0", "--hidden", "16",
+           "--embed-dim", "16", "--device", "cpu", "--seed", "3"]
+
+
+# --- the pieces, in this process
+
+
+def test_split_and_slices_cover_the_batch_once() -> None:
+    assert [len(p) for p in split(list(range(10)), 4)] == [3, 3, 2, 2]
+    batch = list(range(100, 111))  # 11 rows over 2 ranks x 3 micro-batches
+    slices = [Context(rank=r, world=2).micro_batches(batch, 3) for r in range(2)]
+    assert all(len(s) == 3 for s in slices)
+    assert [i for s in slices for part in s for i in part] == batch  # contiguous, disjoint, in order
+    tiny = [Context(rank=r, world=2).micro_batches([7], 2) for r in range(2)]
+    assert tiny == [[[7], []], [[], []]]  # empty slices: they run at weight 0
+    assert Context(rank=1, world=2).weight(0, 8) == 0.0 and Context(rank=1, world=2).weight(3, 8) == 0.25
+    assert [list(Context(rank=r, world=3).shard(7)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_kd_loss_slices_add_up_to_the_global_batch() -> None:
+    """Summed over slices, each divided by the global batch's counts, the loss is the whole batch's: labelled rows
+    (CE) and all rows (KL) counted over the global batch."""
+    torch.manual_seed(0)
+    s, t = torch.randn(9, 3), torch.randn(9, 3)
+    y = torch.tensor([0, -1, 2, -1, -1, 1, 0, -1, 2])
+    whole = kd_loss(s, t, y, 2.0, 0.5)
+    labelled = int((y >= 0).sum())
+    parts = sum(kd_loss(s[p], t[p], y[p], 2.0, 0.5, rows=9, labelled_rows=labelled) for p in split(list(range(9)), 4))
+    assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+
+
+def test_setup_refuses_an_indivisible_batch_and_low_precision_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(KdfastError, match="does not split evenly over 2 process"):
+        setup("cpu", batch_size=10, grad_accum=2)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(KdfastError, match="needs CUDA"):
+        setup("cpu", "bf16")
+    assert setup("cpu", batch_size=7).world == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_buckets_only_the_trainable_parameters(tiny_gpt2: Path) -> None:
+    """The frozen base of a LoRA teacher is neither broadcast nor bucketed: DDP holds the LoRA factors and the head."""
+    import torch.distributed as dist
+
+    from kdfast.lora import inject_lora, mark_trainable
+    from kdfast.teacher import load_backbone
+
+    model, _ = load_backbone(str(tiny_gpt2), ["a", "b"])
+    inject_lora(model, 4, 8.0, 0.0)
+    mark_trainable(model)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        ddp = Context(world=2).wrap(model)  # a group of one, but the wrapping of several ranks
+        managed = {id(p) for p in ddp._module_parameters}
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        assert managed == trainable and len(trainable) < len(list(model.parameters()))
+        assert {n for n, p in model.named_parameters() if not p.requires_grad} <= ddp.parameters_to_ignore
+        assert not ddp.modules_buffers  # nothing broadcast at each forward
+    finally:
+        dist.destroy_process_group()
+
+
+# --- two processes under torchrun against one
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "KDFAST_NO_PROGRESS": "1", "PYTHONPATH": str(HERE)}
+
+
+def kdfast(args: list[str], procs: int, entry: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m kdfast ARGS`` in one process, or under ``torchrun --nproc-per-node procs``."""
+    entry = entry or ["-m", "kdfast"]
+    launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc-per-node", str(procs)]
+    return subprocess.run([*launch, *entry, *args], capture_output=True, text=True, env=env(), timeout=TIMEOUT)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+def assert_close(a: Path, b: Path, rel: float = 1e-5) -> None:
+    x, y = load_file(str(a)), load_file(str(b))
+    assert x.keys() == y.keys()
+    for k in x:
+        err = float((x[k] - y[k]).norm() / y[k].norm().clamp(min=1e-12))
+        assert err <= rel, f"{a.name} {k}: relative difference {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def no_dropout_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-no-dropout"), dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory, no_dropout_gpt2: Path) -> dict[int, Path]:
+    """``train lora`` in one process and in two, each in a folder of its own."""
+    runs = {}
+    for procs in (1, 2):
+        runs[procs] = tmp_path_factory.mktemp(f"teacher-{procs}") / "teacher"
+        result = ok(kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(runs[procs]), *TEACHER],
+                           procs))
+        assert result.stdout.count("wrote ") == 1  # rank 0 alone prints
+    return runs
+
+
+def test_two_processes_train_the_same_lora_teacher(teachers: dict[int, Path]) -> None:
+    assert_close(teachers[2] / "adapter" / "adapter_model.safetensors",
+                 teachers[1] / "adapter" / "adapter_model.safetensors")
+
+
+def test_two_processes_write_one_run_folder_like_one_process(teachers: dict[int, Path]) -> None:
+    assert files(teachers[2]) == files(teachers[1])
+    assert [p.name for p in teachers[2].parent.iterdir()] == ["teacher"]  # no staging left, nothing from rank 1
+    from kdfast.runs import read_json
+
+    one, two = (read_json(teachers[n] / "metrics.json") for n in (1, 2))
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]],
+                                                                       rel=1e-5)
+    assert two["best"]["epoch"] == one["best"]["epoch"]
+
+
+def test_two_processes_train_the_same_rnn(tmp_path: Path, cola_dir: Path) -> None:
+    runs = {procs: tmp_path / f"rnn-{procs}" for procs in (1, 2)}
+    for procs, out in runs.items():
+        ok(kdfast(["train", "rnn", "--data", str(cola_dir), "--out", str(out), *STUDENT], procs))
+    assert files(runs[2]) == files(runs[1])
+    assert_close(runs[2] / "student.safetensors", runs[1] / "student.safetensors")
+
+
+def test_sharded_teacher_logits_equal_one_process(tmp_path: Path, teachers: dict[int, Path]) -> None:
+    """Two ranks score the training set and a transfer set in shards; the gathered cache is the one-process one,
+    and the students distilled from them (labelled and synthetic rows, the representation term, 2 micro-batches
+    per rank) agree."""
+    runs = {procs: tmp_path / f"student-{procs}" for procs in (1, 2)}
+    for procs, out in runs.items():
+        accum = ["--grad-accum", "2"] if procs == 2 else []
+        ok(kdfast(["distill", "--teacher", str(teachers[1]), "--out", str(out), "--augment", "2", *accum, *STUDENT],
+                  procs))
+    assert files(runs[2]) == files(runs[1])
+    assert_close(runs[2] / "teacher_logits.safetensors", runs[1] / "teacher_logits.safetensors")
+    assert_close(runs[2] / "student.safetensors", runs[1] / "student.safetensors")
+
+
+def test_indivisible_batch_is_one_error_line(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    result = kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), "--batch-size",
+                     "7", "--device", "cpu"], 2)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not split evenly" in errors[0], result.stderr[-2000:]
+
+
+def test_a_failing_rank_fails_the_job_quickly(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    start = time.monotonic()
+    result = kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), *TEACHER], 2,
+                    entry=[str(HERE / "ddp_fail.py")])
+    assert time.monotonic() - start < 60
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the loss became nan at epoch 1, step 0; try a lower --lr"], result.stderr[-2000:]
+    assert not (tmp_path / "t").exists() and not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_stops_every_rank_and_leaves_no_run_folder(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it, part-way through a long run."""
+    import signal
+
+    args = ["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), "--epochs", "50",
+            "--max-train-samples", "4000", "--batch-size", "8", "--device", "cpu"]
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "kdfast", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+                           start_new_session=True)
+    time.sleep(15)
+    os.killpg(job.pid, signal.SIGINT)
+    start = time.monotonic()
+    assert job.wait(timeout=60) != 0
+    assert time.monotonic() - start < 60
+    assert not list(tmp_path.iterdir())  # neither the run folder nor its hidden staging folder
