@@ -88,3 +88,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = old_argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_one_error_line(err: str, message: str = "") -> None:
+    """A user's mistake reads as one ``error: ...`` line on stderr that says ``message``: no traceback, nothing else."""
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
