@@ -173,6 +173,30 @@ def test_train_rnn_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("where", ["training", "saving"])
+def test_a_failing_student_run_leaves_out_untouched(where: str, monkeypatch: pytest.MonkeyPatch, cola_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """--overwrite onto an earlier run, failing in training (a NaN loss) or half-way through writing the files:
+    the earlier run is still there, byte for byte, and nothing is left beside it."""
+    from kdfast.distill import ScratchConfig
+    from kdfast.errors import KdfastError
+
+    out = tmp_path / "rnn"
+    cfg = dict(data=str(cola_dir), out=out, hidden=8, embed_dim=8, epochs=1, max_train_samples=32, device="cpu",
+               progress=False)
+    run(ScratchConfig(**cfg))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*_: Any, **__: Any) -> None:
+        raise KdfastError(f"failed while {where}")
+
+    monkeypatch.setattr(kdfast.distill, "check_finite" if where == "training" else "plot_curves", fail)
+    with pytest.raises(KdfastError, match=f"failed while {where}"):
+        run(ScratchConfig(**cfg, overwrite=True, seed=1))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn"]  # no staging folder left behind
+
+
 def check_schema(metrics: dict[str, Any]) -> None:
     assert len(metrics["history"]) == 2
     for entry in metrics["history"]:
