@@ -107,3 +107,10 @@ def train_tiny_student(out: Path, data: Path) -> Path:
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def assert_one_error_line(err: str, message: str = "") -> None:
+    """A user's mistake reads as one ``error: ...`` line on stderr that says ``message``: no traceback, nothing else."""
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

@@ -66,6 +66,8 @@ def test_kd_loss_by_hand() -> None:
     assert got.item() == pytest.approx(expected, rel=1e-6)
     assert got.item() != pytest.approx(alpha * kl + (1 - alpha) * ce, rel=1e-3)  # the T² is there
     assert kd_loss(torch.tensor([s]), None, torch.tensor([1]), T, 0.0).item() == pytest.approx(ce, rel=1e-6)
+    with pytest.raises(AssertionError, match="the KL term needs teacher logits"):
+        kd_loss(torch.tensor([s]), None, torch.tensor([1]), T, alpha)
 
 
 def test_kd_loss_unlabelled_rows_count_in_kl_only() -> None:
@@ -79,6 +81,49 @@ def test_kd_loss_unlabelled_rows_count_in_kl_only() -> None:
                                     reduction="batchmean")
     torch.testing.assert_close(loss, 0.5 * 4 * kl + 0.5 * ce)
     assert kd_loss(s, t, torch.full((4,), -1), 2.0, 0.0).item() == 0.0
+
+
+def test_kd_loss_gradient_by_hand() -> None:
+    """d loss / d s = α·T·(softmax(s/T) − softmax(t/T)) / B + (1 − α)·(softmax(s) − onehot(y)) / n_labelled: the
+    teacher pulls every row, the labels only the labelled ones; a grad_output that is not 1."""
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 3, requires_grad=True), torch.randn(5, 3) * 3
+    y, T, alpha = torch.tensor([2, -1, 0, 1, -1]), 3.0, 0.25
+    (kd_loss(s, t, y, T, alpha) * 0.5).backward()
+    p_s, p_t = torch.softmax(s.detach() / T, -1), torch.softmax(t / T, -1)
+    onehot = torch.zeros(5, 3)
+    onehot[[0, 2, 3], y[[0, 2, 3]]] = 1
+    labelled = (y >= 0).float()[:, None]
+    want = alpha * T * (p_s - p_t) / 5 + (1 - alpha) * (torch.softmax(s.detach(), -1) - onehot) * labelled / 3
+    assert s.grad is not None
+    torch.testing.assert_close(s.grad, 0.5 * want)
+    assert (s.grad[1] != 0).all()  # an unlabelled row still learns, from the teacher alone
+
+
+def test_teacher_logits_change_what_the_student_learns(teacher_run: Path, cola_dir: Path, tmp_path: Path) -> None:
+    """Three runs alike but for the teacher's cached logits: the same logits give the same weights, other logits
+    other weights. Training with the KL term dropped (gold labels only) would give the same weights all three
+    times."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = dict(teacher=teacher_run, data=str(cola_dir), epochs=1, hidden=8, embed_dim=8, max_train_samples=32,
+               augment=0, feature_weight=0.0, device="cpu", progress=False)
+    run(DistillConfig(**cfg, out=tmp_path / "a"))
+    run(DistillConfig(**cfg, out=tmp_path / "same", reuse_logits=tmp_path / "a"))
+    flipped = tmp_path / "flipped"
+    flipped.mkdir()
+    with safe_open(str(tmp_path / "a" / CACHE_FILE), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(tmp_path / "a" / CACHE_FILE))
+    save_file({**tensors, "logits": tensors["logits"].flip(-1).contiguous()}, str(flipped / CACHE_FILE), metadata=meta)
+    run(DistillConfig(**cfg, out=tmp_path / "b", reuse_logits=flipped))
+
+    def weights(name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(tmp_path / name / "student.safetensors"))
+
+    a, same, b = weights("a"), weights("same"), weights("b")
+    assert all(torch.equal(a[k], same[k]) for k in a)  # deterministic: any difference below is the teacher's
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_augment_is_seeded_and_changes_every_sentence() -> None:
@@ -128,6 +173,30 @@ def test_train_rnn_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     code, _, err = kdfast_cli(monkeypatch, capsys, "compare", str(out), "--plot", str(tmp_path / "cmp.png"))
     assert code == 0, err
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("where", ["training", "saving"])
+def test_a_failing_student_run_leaves_out_untouched(where: str, monkeypatch: pytest.MonkeyPatch, cola_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """--overwrite onto an earlier run, failing in training (a NaN loss) or half-way through writing the files:
+    the earlier run is still there, byte for byte, and nothing is left beside it."""
+    from kdfast.distill import ScratchConfig
+    from kdfast.errors import KdfastError
+
+    out = tmp_path / "rnn"
+    cfg = dict(data=str(cola_dir), out=out, hidden=8, embed_dim=8, epochs=1, max_train_samples=32, device="cpu",
+               progress=False)
+    run(ScratchConfig(**cfg))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*_: Any, **__: Any) -> None:
+        raise KdfastError(f"failed while {where}")
+
+    monkeypatch.setattr(kdfast.distill, "check_finite" if where == "training" else "plot_curves", fail)
+    with pytest.raises(KdfastError, match=f"failed while {where}"):
+        run(ScratchConfig(**cfg, overwrite=True, seed=1))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn"]  # no staging folder left behind
 
 
 def check_schema(metrics: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_error_line
 from torch import nn
 
 from kdfast.data import load_dataset
@@ -31,7 +32,7 @@ from kdfast.export import (
     run,
     sha256,
 )
-from kdfast.onnx_parity import VariantResult, check_variant, fit_batch, session, torch_logits
+from kdfast.onnx_parity import LOW_PRECISION_AGREEMENT, VariantResult, check_variant, fit_batch, session, torch_logits
 from kdfast.triton_repo import CONFIG_FILE, check_config, parse_config
 
 pytest.importorskip("onnxruntime")
@@ -63,6 +64,13 @@ def cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return int(exit_info.value.code or 0)
 
 
+def assert_last_line_is_the_error(err: str, start: str = "error: ") -> None:
+    """After export's progress lines (stderr), one ``error:`` line, the last, and no traceback."""
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert lines[-1].startswith(start) and sum(line.startswith("error: ") for line in lines) == 1, err
+
+
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -82,11 +90,13 @@ def test_teacher_export_passes_its_checks(exported: tuple[Path, dict[str, Any]],
     shapes = [(s["batch"], s["seq"]) for s in rows["fp32"]["shapes"]]
     assert len(shapes) >= 3 and any(b == 1 for b, _ in shapes) and any(seq % 2 for _, seq in shapes)
     assert all(s["ok"] for v in rows.values() for s in v["shapes"])
-    assert set(manifest["optimizer"]["fused"]) >= {"Attention", "FastGelu", "LayerNormalization",
-                                                    "SkipLayerNormalization"}
-    assert manifest["optimizer"]["fused"]["SkipLayerNormalization"] > 0  # the optimizer did fuse something
+    fused = manifest["optimizer"]["fused"]
+    assert set(fused) >= {"Attention", "FastGelu", "LayerNormalization", "SkipLayerNormalization"}
     layers = json.loads((teacher_run / "merged" / "config.json").read_text())["n_layer"]
-    assert manifest["optimizer"]["fused"]["MultiHeadAttention"] == layers  # kdfast.onnx_attention, every layer
+    assert fused["MultiHeadAttention"] == layers  # kdfast.onnx_attention, every layer
+    assert fused["FastGelu"] == layers  # GPT-2's tanh GELU, one per MLP
+    assert fused["SkipLayerNormalization"] > 0 and fused["LayerNormalization"] > 0  # every layer norm, fused
+    assert fused["SkipLayerNormalization"] + fused["LayerNormalization"] == 2 * layers + 1  # ln_1, ln_2 per block, ln_f
 
 
 def test_manifest_describes_the_files(exported: tuple[Path, dict[str, Any]]) -> None:
@@ -266,6 +276,37 @@ def test_student_run_exports(tmp_path: Path, cola_dir: Path, cell: str, pooling:
     np.testing.assert_allclose(got, run_logits(run_dir, sentences, torch.device("cpu")), atol=1e-4, rtol=0)
 
 
+def test_student_fp16_checked_on_the_whole_dev_set(tmp_path: Path, cola_dir: Path) -> None:
+    """--fp16, with parity over every dev sentence (no max_check_sentences): its count and its scores are dev's."""
+    import onnx
+
+    from kdfast.distill import ScratchConfig
+    from kdfast.distill import run as train_student
+    from kdfast.evaluate import evaluate_run
+
+    run_dir = tmp_path / "student"
+    train_student(ScratchConfig(data=str(cola_dir), out=run_dir, epochs=1, max_train_samples=64, hidden=8,
+                                embed_dim=8, device="cpu", progress=False))
+    manifest = run(ExportConfig(run_dir=run_dir, fp16=True, progress=False))
+    parity = manifest["parity"]
+    dev = load_dataset(cola_dir).dev
+    assert parity["passed"] and parity["sentences"] == len(dev) == 1043
+    want = evaluate_run(run_dir, device="cpu")  # PyTorch on all of dev, as kdfast eval scores it
+    assert parity["pytorch"]["metrics"]["dev_mcc"] == pytest.approx(want["dev_mcc"])
+    assert parity["pytorch"]["metrics"]["dev_acc"] == pytest.approx(want["dev_acc"])
+    rows = {v["variant"]: v for v in parity["variants"]}
+    assert set(rows) == {"fp32", "fp16"} and [v["variant"] for v in manifest["variants"]] == ["fp32", "fp16"]
+    fp16 = rows["fp16"]
+    assert fp16["checked"] and fp16["passed"] and fp16["agreement"] >= LOW_PRECISION_AGREEMENT
+    assert fp16["metrics"]["dev_acc"] == pytest.approx(want["dev_acc"], abs=1 - fp16["agreement"] + 1e-9)
+    assert "no CUDA here" in fp16["note"] or fp16["provider"] == "CUDAExecutionProvider"
+    graph = onnx.load(str(run_dir / "onnx" / "model.fp16.onnx")).graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT64]  # ids stay int64
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT]  # logits stay fp32
+    weights = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # every weight is fp16
+
+
 def load_student_ids(run_dir: Path, sentences: list[str]) -> list[list[int]]:
     from kdfast.export import load_student_for_export
 
@@ -278,7 +319,8 @@ def load_student_ids(run_dir: Path, sentences: list[str]) -> list[list[int]]:
 def test_missing_run_folder(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                             tmp_path: Path) -> None:
     assert cli(monkeypatch, "export", "--onnx", tmp_path / "nope") == 2
-    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "nope").exists()
+    assert_one_error_line(capsys.readouterr().err, "no such run folder")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_corrupt_run_folder(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -287,11 +329,11 @@ def test_corrupt_run_folder(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     shutil.copytree(teacher_run, run_dir)
     (run_dir / "merged" / "model.safetensors").write_bytes(b"not a safetensors file")
     assert cli(monkeypatch, "export", "--onnx", run_dir) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    assert_last_line_is_the_error(capsys.readouterr().err)
     assert not (run_dir / "onnx").exists() and leftovers(run_dir) == []
     (run_dir / "run.json").write_text("{not json")
     assert cli(monkeypatch, "export", "--onnx", run_dir) == 2
-    assert "run.json" in capsys.readouterr().err
+    assert_one_error_line(capsys.readouterr().err, "run.json")
 
 
 def test_failed_parity_writes_nothing_and_keeps_the_earlier_export(
@@ -308,7 +350,7 @@ def test_failed_parity_writes_nothing_and_keeps_the_earlier_export(
     assert cli(monkeypatch, "export", "--onnx", teacher_run, "--out", out, "--atol", "1e-12") == 2
     captured = capsys.readouterr()
     assert "FAIL" in captured.out
-    assert captured.err.splitlines()[-1].startswith("error: ONNX does not match PyTorch")
+    assert_last_line_is_the_error(captured.err, "error: ONNX does not match PyTorch")
 
 
 def test_refuses_to_replace_a_folder_that_is_not_an_export(teacher_run: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from kdfast.lora import (
     lora_layers,
     mark_trainable,
     merge_lora,
+    set_fused,
     target_module_names,
     unmerge_lora,
     unwrap_merged,
@@ -183,3 +184,17 @@ def test_peft_loads_a_bert_adapter_with_its_pooler(tmp_path: Path) -> None:
     ids = torch.randint(0, 50, (3, 7))
     with torch.no_grad():
         torch.testing.assert_close(theirs(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_repr_says_the_kind_shape_rank_and_scaling() -> None:
+    assert LoRALinear(nn.Linear(12, 20), rank=4, alpha=6).extra_repr() == "Linear(12→20), rank=4, scaling=1.5"
+    assert LoRALinear(_conv1d(12, 20), rank=2, alpha=8).extra_repr() == "Conv1D(12→20), rank=2, scaling=4"
+
+
+def test_set_fused_switches_every_lora_layer() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[0], model[2] = LoRALinear(model[0], rank=2, alpha=2), LoRALinear(model[2], rank=2, alpha=2)
+    set_fused(model, True)
+    assert [layer.use_fused for layer in lora_layers(model).values()] == [True, True]
+    set_fused(model, False)
+    assert [layer.use_fused for layer in lora_layers(model).values()] == [False, False]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from helpers import run_cli
 
 
@@ -43,3 +45,63 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_gpt2: Path, cola_dir: Path, t
 def test_pipeline_rejects_an_unknown_preset(tmp_path: Path, capsys) -> None:
     code, _, stderr = run_cli(["pipeline", "--preset", "huge", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and stderr.startswith("error: --preset must be one of quick, full")
+
+
+@dataclass
+class FakeConfig:
+    out: Path
+    value: int = 0
+    overwrite: bool = True
+    progress: bool = False
+
+
+def test_a_changed_configuration_reruns_its_stage_and_those_that_read_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume after a configuration change, with stand-in stages (a → b → c, and d alone): the changed stage runs
+    again, so do the stages that read it, and nothing else; a change of only overwrite/progress is no change."""
+    import kdfast.pipeline as pipeline
+
+    calls: list[str] = []
+    values = {"a": 0, "b": 0, "c": 0, "d": 0}
+
+    def stages(cfg: pipeline.PipelineConfig) -> list[pipeline.Stage]:
+        def make(name: str, needs: list[str]) -> pipeline.Stage:
+            config = FakeConfig(out=tmp_path / name, value=values[name])
+
+            def run(c: FakeConfig) -> None:
+                calls.append(name)
+                c.out.mkdir(exist_ok=True)
+                (c.out / "done").write_text(str(c.value))
+
+            return pipeline.Stage(name, config, [config.out / "done"], run, needs)
+
+        return [make("a", []), make("b", ["a"]), make("c", ["b"]), make("d", [])]
+
+    monkeypatch.setattr(pipeline, "build_stages", stages)
+    cfg = pipeline.PipelineConfig(out=tmp_path, progress=False)
+    assert pipeline.run(cfg)["ran"] == ["a", "b", "c", "d"]
+    assert pipeline.run(cfg)["ran"] == []
+    values["b"] = 1
+    result = pipeline.run(cfg)
+    assert (result["ran"], result["skipped"]) == (["b", "c"], ["a", "d"])
+    assert (tmp_path / "b" / "done").read_text() == "1"
+    assert pipeline.run(cfg)["ran"] == []  # the new configuration was recorded
+    values["a"] = 2
+    assert pipeline.run(cfg)["ran"] == ["a", "b", "c"]
+    state = json.loads((tmp_path / "pipeline.json").read_text())["stages"]
+    assert state["a"] == pipeline.stage_hash(FakeConfig(out=tmp_path / "a", value=2))
+    assert pipeline.stage_hash(FakeConfig(tmp_path, 2, overwrite=False, progress=True)) == pipeline.stage_hash(
+        FakeConfig(tmp_path, 2))
+    # a stage that fails leaves no record: the next run tries it again
+    values["d"] = 3
+
+    def broken(c: FakeConfig) -> None:
+        raise RuntimeError("d broke")
+
+    monkeypatch.setattr(pipeline, "build_stages", lambda cfg: [*stages(cfg)[:3], pipeline.Stage(
+        "d", FakeConfig(out=tmp_path / "d", value=3), [tmp_path / "d" / "done"], broken)])
+    with pytest.raises(RuntimeError, match="d broke"):
+        pipeline.run(cfg)
+    assert "d" not in json.loads((tmp_path / "pipeline.json").read_text())["stages"]
+    monkeypatch.setattr(pipeline, "build_stages", stages)
+    assert pipeline.run(cfg)["ran"] == ["d"]
