@@ -19,7 +19,7 @@ def pipeline_command(
     text_column: str | None = options.TEXT_COLUMN,
     label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs"), help="Folder for every stage's run folder and the bench results."),
-    preset: str = typer.Option("quick", help="quick: minutes on a CPU with a small backbone; full: the README's "
+    preset: str = typer.Option("quick", help="quick: minutes on a CPU with a small backbone; full: docs/results.md's "
                                              "results."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     seed: int = typer.Option(0),

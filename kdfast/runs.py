@@ -3,7 +3,7 @@
 ``train lora`` writes a teacher run, ``distill`` and ``train rnn`` write student runs; ``export``, ``bench`` and
 ``eval`` read them. Every run folder holds ``run.json`` (``{"kind": "teacher" | "student", "kdfast_version",
 "created", "labels"}``, students add ``"mode": "distill" | "scratch"``; ``labels[i]`` names class id ``i``) and
-``metrics.json``; the README's "Run folders"
+``metrics.json``; docs/reference.md, "Run folders",
 section lists every file of each kind.
 
 A run is built in a hidden temporary folder beside ``--out`` and renamed into place only when complete, so a
