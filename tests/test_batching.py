@@ -52,4 +52,5 @@ def test_in_order_puts_rows_back_by_index() -> None:
     out = in_order(parts, 3)
     assert out.dtype == np.float32
     assert out.tolist() == [[0.0, 0.5], [1.0, 10.0], [2.0, 20.0]]
+    assert in_order([([1, 0], np.array([[1.0], [0.0]]))], 2).tolist() == [[0.0], [1.0]]  # one batch
     assert in_order([], 4).shape == (4, 0)

@@ -70,6 +70,9 @@ def test_cross_entropy_by_hand_and_stable() -> None:
     assert cross_entropy(logits, labels) == pytest.approx(want, rel=1e-12)
     assert cross_entropy(np.array([[1000.0, 0.0]], dtype=np.float32), np.array([1])) == pytest.approx(1000.0)
     assert cross_entropy(np.zeros((0, 2)), np.array([], dtype=np.int64)) == 0.0
+    # in float64 even from float32 logits: log(1 + e⁻²⁰) ≈ 2.06e-9 is 0 in float32
+    assert cross_entropy(np.array([[0.0, -20.0]], dtype=np.float32), np.array([0])) == pytest.approx(
+        math.log1p(math.exp(-20)), rel=1e-6)
 
 
 def test_score_logits_is_the_loss_and_the_report_of_the_argmax() -> None:
