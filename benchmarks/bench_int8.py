@@ -4,7 +4,7 @@ and label agreement and MCC on CoLA dev, for a real teacher run and for a 124M G
     python benchmarks/bench_int8.py --data /path/to/cola --teacher runs/minilm-teacher [--gpt2] [--threads 2]
 
 For a teacher run: export fp32 and optimized ONNX (with export's parity checks), then build the candidates exactly as
-``kdfast.int8.Tuner`` does (calibration and held-out sentences drawn from train with the same seed; each recipe's
+``kdfast.export.int8.Tuner`` does (calibration and held-out sentences drawn from train with the same seed; each recipe's
 nodes ranked by sensitivity and kept fp32 one step at a time until the rule holds on the held-out sentences), and
 measure each on the whole dev set. Agreement is against the fp32 ONNX model, which export checked equal to PyTorch
 on every dev label. For GPT-2 (``--gpt2``: ``GPT2Config()``, 124M, random weights, the real GPT-2 tokenizer from
@@ -14,7 +14,8 @@ ranking would give within the spread of which nodes it picks. Where Optimum inst
 int8 (``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)``) is measured beside them.
 
 Timing: one ONNX Runtime session per file with ``--threads`` intra-op threads; batches of consecutive dev sentences
-(a seeded sample, as ``kdfast bench`` takes), right-padded; sessions interleaved call by call (``kdfast.int8.p50_ms``)
+(a seeded sample, as ``kdfast bench`` takes), right-padded; sessions interleaved call by call
+(``kdfast.export.int8.p50_ms``)
 so a busy moment of the shared machine falls on all of them; one untimed warm-up pass. Writes
 ``results/int8-<model>.json`` and ``.md``.
 """
@@ -32,11 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from kdfast.bench import git_commit, machine
+from kdfast.bench.measure import git_commit, machine
 from kdfast.data import load_dataset, subsample
-from kdfast.export import MODEL_FILES, ExportConfig, ExportSource, export_onnx, load_teacher_for_export, optimize
-from kdfast.export import run as export
-from kdfast.int8 import CalibrationSet, Candidate, Int8Config, TuneInputs, Tuner, logits, p50_ms, session, timing_feeds
+from kdfast.export.int8 import (
+    CalibrationSet,
+    Candidate,
+    Int8Config,
+    TuneInputs,
+    Tuner,
+    logits,
+    p50_ms,
+    session,
+    timing_feeds,
+)
+from kdfast.export.onnx import MODEL_FILES, ExportConfig, ExportSource, export_onnx, load_teacher_for_export, optimize
+from kdfast.export.onnx import run as export
 from kdfast.metrics import mcc
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,8 +79,8 @@ def gpt2_source() -> ExportSource:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import gpt2_tokenizer
 
-    from kdfast.export import ClassifierLogits
-    from kdfast.teacher import encode
+    from kdfast.export.onnx import ClassifierLogits
+    from kdfast.train.teacher import encode
 
     torch.manual_seed(0)
     tokenizer = gpt2_tokenizer()

@@ -211,7 +211,7 @@ def main() -> None:
         print(f"student at batch 1: {local:.0f}/s in process, {http:.0f}/s over HTTP (c=1, no batching): HTTP costs "
               f"{local / http:.1f}x")
     if args.json:
-        from kdfast.bench import git_commit, machine
+        from kdfast.bench.measure import git_commit, machine
 
         report.update(machine=machine(), commit=git_commit())
         args.json.write_text(json.dumps(report, indent=2) + "\n")

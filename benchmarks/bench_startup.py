@@ -57,7 +57,7 @@ def main() -> None:
         results.append({"command": name, "median_s": round(seconds, 4), "ratio_to_import": round(ratio, 4),
                         "goal": goal, "met": None if goal is None else ratio <= goal})
     if args.json:
-        from kdfast.bench import git_commit, machine
+        from kdfast.bench.measure import git_commit, machine
 
         args.json.write_text(json.dumps({"machine": machine(), "commit": git_commit(), "repeats": args.repeats,
                                          "results": results}, indent=2) + "\n")

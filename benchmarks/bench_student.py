@@ -26,9 +26,9 @@ import torch
 import torch._dynamo
 
 from kdfast.batching import pad_batch
-from kdfast.bench import git_commit, machine
+from kdfast.bench.measure import git_commit, machine
 from kdfast.data import load_dataset
-from kdfast.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
+from kdfast.train.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "student.csv"
 FIELDS = ["date", "machine", "processor", "device", "torch", "commit", "threads", "model", "batch", "variant",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from kdfast.bench import git_commit, machine
-from kdfast.lora import inject_lora, lora_layers, merge_lora, set_fused, unmerge_lora
+from kdfast.bench.measure import git_commit, machine
+from kdfast.train.lora import inject_lora, lora_layers, merge_lora, set_fused, unmerge_lora
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_e2e.csv"
 FIELDS = ["date", "device", "commit", "torch", "triton", "transformers", "dtype", "model", "batch", "seq_len",

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from kdfast.batching import pad_batch
-from kdfast.bench import git_commit
+from kdfast.bench.measure import git_commit
 from kdfast.data import load_dataset
-from kdfast.lora import inject_lora, mark_trainable, target_module_names
+from kdfast.train.lora import inject_lora, mark_trainable, target_module_names
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train.csv"

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdfast.bench import git_commit, machine
-from kdfast.teacher import load_teacher
+from kdfast.bench.measure import git_commit, machine
+from kdfast.train.teacher import load_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory_floor.csv"
 FIELDS = ["date", "machine", "processor", "torch", "commit", "threads", "model", "variant", "bytes_mb",

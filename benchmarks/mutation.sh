@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
 rm -rf mutants
 if [ $# -eq 0 ]; then
-    set -- 'kdfast.metrics.*' 'kdfast.lora.*' 'kdfast.batching.*' 'kdfast.distill.x_kd_loss__mutmut_*'
+    set -- 'kdfast.metrics.*' 'kdfast.train.lora.*' 'kdfast.batching.*' 'kdfast.train.distill.x_kd_loss__mutmut_*'
 fi
 "$py" -m mutmut run --max-children "${MAX_CHILDREN:-2}" "$@" >/dev/null || true
 "$py" -m mutmut results --all true >mutants/results.txt 2>&1 || "$py" -m mutmut results >mutants/results.txt
@@ -22,7 +22,7 @@ import re
 counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 for line in open("mutants/results.txt"):
     m = re.match(r"\s*(kdfast\.\w+)\.(\S+)__mutmut_\d+: (.+)$", line)
-    if m and m[3].strip() != "not checked" and (m[1] != "kdfast.distill" or m[2] == "x_kd_loss"):
+    if m and m[3].strip() != "not checked" and (m[1] != "kdfast.train.distill" or m[2] == "x_kd_loss"):
         counts[m[1]][m[3].strip()] += 1
 # a mutant that crashes the tests is caught too; one that times out probably is (counted apart); "no tests" and
 # "survived" are what the tests miss; mutants not run (other patterns) are left out

@@ -20,7 +20,7 @@ COLUMNS = [("model", "model"), ("variant", "variant"), ("batch", "batch_size"), 
 
 
 def results_table(report: dict[str, Any]) -> Table:
-    from kdfast.bench_report import cell
+    from kdfast.bench.report import cell
 
     table = Table(title="kdfast bench")
     for title, key in COLUMNS:
@@ -82,7 +82,7 @@ def bench_command(
 ) -> None:
     """Latency (p50/p90/p99/mean, cv, sentences/s) and dev accuracy/MCC of every variant of a teacher and its
     students: PyTorch unmerged/merged/fused, ONNX Runtime fp32/optimized/int8, student eager/compiled/ONNX."""
-    from kdfast.bench_report import compare, load_report, meta_differences, meta_line, ratio_line
+    from kdfast.bench.report import compare, load_report, meta_differences, meta_line, ratio_line
 
     if compare_files is not None and all(p is not None for p in compare_files):
         a, b = compare_files
@@ -91,7 +91,7 @@ def bench_command(
         for diff in meta_differences(ra, rb):
             console.print(f"[yellow]note[/]: the two runs differ in {diff}")
         return
-    from kdfast.bench import BenchConfig, run
+    from kdfast.bench.measure import BenchConfig, run
 
     cfg = BenchConfig(teacher=teacher, students=list(student or []), batch_sizes=parse_batch_sizes(batch_sizes),
                       threads=threads, device=device, warmup=warmup, iters=iters, min_time=min_time, data=data,

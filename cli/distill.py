@@ -68,7 +68,7 @@ def distill(
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
     vocab.json, teacher_logits.safetensors and curves.png."""
     fields = dict(locals())  # every option is a field of the config
-    from kdfast.distill import DistillConfig, run
+    from kdfast.train.distill import DistillConfig, run
 
     cfg = DistillConfig(**fields)
     _report(run(cfg), "distilled student", out)
@@ -105,7 +105,7 @@ def train_rnn(
     """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
     teacher's logits."""
     fields = dict(locals())  # every option is a field of the config
-    from kdfast.distill import ScratchConfig, run
+    from kdfast.train.distill import ScratchConfig, run
 
     cfg = ScratchConfig(**fields)
     _report(run(cfg), "student from scratch", out)

@@ -124,9 +124,9 @@ def export_command(
     """Export a run's model to ONNX and prove it equal to PyTorch on the whole CoLA dev set."""
     if not onnx:
         raise KdfastError("say which format: --onnx (the only one so far), e.g. kdfast export --onnx RUN_DIR")
-    from kdfast.export import ExportConfig, ParityError
-    from kdfast.export import run as run_export
-    from kdfast.int8 import Int8Config
+    from kdfast.export.int8 import Int8Config
+    from kdfast.export.onnx import ExportConfig, ParityError
+    from kdfast.export.onnx import run as run_export
 
     cfg = ExportConfig(run_dir=run_dir, out=out, opset=opset, optimize=optimize, int8=int8, fp16=fp16,
                        triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data,

@@ -40,8 +40,8 @@ def train_lora(
     """Fine-tune a classifier with LoRA on CoLA or your data: the teacher. Writes metrics.json, adapter/, merged/,
     curves.png."""
     fields = dict(locals())  # every option is a field of the config
-    from kdfast.teacher import TeacherConfig
-    from kdfast.teacher import run as run_teacher
+    from kdfast.train.teacher import TeacherConfig
+    from kdfast.train.teacher import run as run_teacher
 
     cfg = TeacherConfig(**fields)
     metrics = run_teacher(cfg)

@@ -11,8 +11,8 @@ import torch
 
 from kdfast.data import dataset_from_config
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
-from kdfast.teacher import encode, load_teacher, predict_logits, score_dev
-from kdfast.training import resolve_device
+from kdfast.train.teacher import encode, load_teacher, predict_logits, score_dev
+from kdfast.train.training import resolve_device
 
 
 def run_logits(run_dir: Path, sentences: list[str], device: torch.device) -> np.ndarray:
@@ -23,7 +23,7 @@ def run_logits(run_dir: Path, sentences: list[str], device: torch.device) -> np.
         max_length = read_json(Path(run_dir) / METRICS_FILE)["config"]["max_length"]
         ids = encode(tokenizer, sentences, max_length)
         return predict_logits(model.to(device), ids, tokenizer.pad_token_id, device)
-    from kdfast.student import student_logits
+    from kdfast.train.student import student_logits
 
     return student_logits(Path(run_dir), sentences, device)
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from kdfast.errors import KdfastError, first_line, require
-from kdfast.teacher import check_model_name
-from kdfast.training import resolve_device, seed_everything
+from kdfast.train.teacher import check_model_name
+from kdfast.train.training import resolve_device, seed_everything
 
 # Decoding options shared by the streamed and the whole-text paths, so that both give the same characters.
 _DECODE = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}

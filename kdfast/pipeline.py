@@ -66,13 +66,13 @@ def stage_hash(config: Any) -> str:
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:
     """The stages with their configurations for ``cfg.preset``."""
-    from kdfast.bench import BenchConfig
-    from kdfast.bench import run as run_bench
-    from kdfast.distill import DistillConfig, ScratchConfig
-    from kdfast.distill import run as run_student
-    from kdfast.export import ExportConfig, run_dropping_failed_int8
-    from kdfast.teacher import TeacherConfig
-    from kdfast.teacher import run as run_teacher
+    from kdfast.bench.measure import BenchConfig
+    from kdfast.bench.measure import run as run_bench
+    from kdfast.export.onnx import ExportConfig, run_dropping_failed_int8
+    from kdfast.train.distill import DistillConfig, ScratchConfig
+    from kdfast.train.distill import run as run_student
+    from kdfast.train.teacher import TeacherConfig
+    from kdfast.train.teacher import run as run_teacher
 
     out = Path(cfg.out)
     quick = cfg.preset == "quick"
@@ -124,7 +124,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) every stage; returns ``{"ran": [...], "skipped": [...], "artifacts": {...}, "bench_json":
     path}``. Started under torchrun, every rank runs the training stages data-parallel (a barrier after each) and
     rank 0 alone the export and bench stages; the other ranks get ``bench_json`` None."""
-    from kdfast.distributed import barrier, env_world
+    from kdfast.train.distributed import barrier, env_world
 
     cfg.validate()
     rank, _, world = env_world()

@@ -7,9 +7,9 @@ from typing import Any
 
 
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the file-only backend, imported on first use rather than with this module: kdfast.teacher
-    (and kdfast.bench through it) import this module, and the benchmarks run where matplotlib is not installed (the
-    GPU check's machine)."""
+    """matplotlib.pyplot on the file-only backend, imported on first use rather than with this module:
+    kdfast.train.teacher (and kdfast.bench.measure through it) import this module, and the benchmarks run where
+    matplotlib is not installed (the GPU check's machine)."""
     import matplotlib
 
     matplotlib.use("Agg")

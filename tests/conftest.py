@@ -43,7 +43,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def teacher_run(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path, cola_dir: Path) -> Path:
     """A teacher run folder: the tiny GPT-2, one epoch on 256 CoLA sentences, through the library."""
-    from kdfast.teacher import TeacherConfig, run
+    from kdfast.train.teacher import TeacherConfig, run
 
     out = tmp_path_factory.mktemp("runs") / "teacher"
     run(TeacherConfig(model=str(tiny_gpt2), data=str(cola_dir), out=out, epochs=1, max_train_samples=256,

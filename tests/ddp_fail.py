@@ -5,10 +5,10 @@ import os
 
 import torch
 
-import kdfast.teacher
+import kdfast.train.teacher
 from kdfast.cli.main import main
 
 if os.environ.get("RANK") == "1":
-    check = kdfast.teacher.check_finite
-    kdfast.teacher.check_finite = lambda loss, epoch, step: check(torch.tensor(float("nan")), epoch, step)
+    check = kdfast.train.teacher.check_finite
+    kdfast.train.teacher.check_finite = lambda loss, epoch, step: check(torch.tensor(float("nan")), epoch, step)
 main()

@@ -96,8 +96,8 @@ def train_tiny_student(out: Path, data: Path) -> Path:
     """A tiny student trained from scratch on 48 sentences, on one thread: a run folder in seconds."""
     import torch
 
-    from kdfast.distill import ScratchConfig
-    from kdfast.distill import run as train_student
+    from kdfast.train.distill import ScratchConfig
+    from kdfast.train.distill import run as train_student
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

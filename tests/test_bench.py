@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from kdfast.bench import (
+from kdfast.bench.measure import (
     MAX_INT8_MCC_DROP,
     REFERENCE,
     TARGET_INT8_VS_FP32,
@@ -28,8 +28,8 @@ from kdfast.bench import (
     latency_stats,
     time_calls,
 )
-from kdfast.bench_report import ROW_FIELDS, compare
-from kdfast.onnx_parity import LOW_PRECISION_AGREEMENT
+from kdfast.bench.report import ROW_FIELDS, compare
+from kdfast.export.parity import LOW_PRECISION_AGREEMENT
 
 pytest.importorskip("onnxruntime")
 
@@ -55,11 +55,11 @@ def kdfast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], 
 def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A copy of the tiny teacher run (bench exports into RUN/onnx) and a tiny student trained from scratch and
     exported."""
-    from kdfast.distill import ScratchConfig
-    from kdfast.distill import run as train_student
-    from kdfast.export import ExportConfig
-    from kdfast.export import run as export
-    from kdfast.int8 import Int8Config
+    from kdfast.export.int8 import Int8Config
+    from kdfast.export.onnx import ExportConfig
+    from kdfast.export.onnx import run as export
+    from kdfast.train.distill import ScratchConfig
+    from kdfast.train.distill import run as train_student
 
     root = tmp_path_factory.mktemp("bench-runs")
     teacher = root / "teacher"
@@ -160,7 +160,7 @@ def test_accuracy_equals_eval(bench_files: dict[str, Path], runs: tuple[Path, Pa
     # and int8's agreement is what the two models' dev labels say, recomputed here from the files
     from kdfast.data import load_dataset
     from kdfast.evaluate import run_logits
-    from kdfast.export import logits_from_onnx
+    from kdfast.export.onnx import logits_from_onnx
 
     dev = [e.text for e in load_dataset(cola_dir).dev]
     fast = logits_from_onnx(runs[0] / "onnx", dev, "int8").argmax(-1)
@@ -239,9 +239,9 @@ def test_int8_rows_time_the_exported_model(bench_files: dict[str, Path], runs: t
 def test_no_int8_in_the_export_is_skipped_not_quantized(runs: tuple[Path, Path], tmp_path: Path) -> None:
     """A checked export without int8 (as when no candidate held the rule): the int8 row is skipped, with the reason;
     bench quantizes nothing itself."""
-    from kdfast.bench import BenchConfig, run
-    from kdfast.export import ExportConfig
-    from kdfast.export import run as export
+    from kdfast.bench.measure import BenchConfig, run
+    from kdfast.export.onnx import ExportConfig
+    from kdfast.export.onnx import run as export
 
     student = tmp_path / "student"
     shutil.copytree(runs[1], student, ignore=shutil.ignore_patterns("onnx"))
@@ -257,7 +257,7 @@ def test_no_int8_in_the_export_is_skipped_not_quantized(runs: tuple[Path, Path],
 
 def test_export_of_another_run_is_skipped(runs: tuple[Path, Path], tmp_path: Path, bench_files: dict[str, Path]
                                           ) -> None:
-    from kdfast.bench import BenchConfig, run
+    from kdfast.bench.measure import BenchConfig, run
 
     student = tmp_path / "student"
     shutil.copytree(runs[1], student)  # with the onnx/ that bench exported
@@ -305,7 +305,7 @@ def test_time_calls_honours_warmup_iters_and_min_time() -> None:
 
 
 def test_a_busy_machine_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdfast.bench as bench
+    import kdfast.bench.measure as bench
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)

@@ -1,6 +1,6 @@
-"""Data-parallel training (kdfast.distributed): two processes under torchrun (gloo, CPU) must train the same model as
-one process with the same global batch and seed, write one run folder like it, share the teacher's scoring, and
-fail as a whole when one rank fails."""
+"""Data-parallel training (kdfast.train.distributed): two processes under torchrun (gloo, CPU) must train the same
+model as one process with the same global batch and seed, write one run folder like it, share the teacher's scoring,
+and fail as a whole when one rank fails."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from helpers import save_tiny_gpt2
 from safetensors.torch import load_file
 
-from kdfast.distill import kd_loss
-from kdfast.distributed import Context, setup, split
 from kdfast.errors import KdfastError
+from kdfast.train.distill import kd_loss
+from kdfast.train.distributed import Context, setup, split
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 300  # seconds for one kdfast run; a hang fails the test instead of the CI job
@@ -78,8 +78,8 @@ def test_ddp_buckets_only_the_trainable_parameters(tiny_gpt2: Path) -> None:
     """The frozen base of a LoRA teacher is neither broadcast nor bucketed: DDP holds the LoRA factors and the head."""
     import torch.distributed as dist
 
-    from kdfast.lora import inject_lora, mark_trainable
-    from kdfast.teacher import load_backbone
+    from kdfast.train.lora import inject_lora, mark_trainable
+    from kdfast.train.teacher import load_backbone
 
     model, _ = load_backbone(str(tiny_gpt2), ["a", "b"])
     inject_lora(model, 4, 8.0, 0.0)

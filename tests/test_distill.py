@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import kdfast.distill
-from kdfast.distill import (
+import kdfast.train.distill
+from kdfast.train.distill import (
     CACHE_FILE,
     DistillConfig,
     augment,
@@ -24,7 +24,7 @@ from kdfast.distill import (
     teacher_embeddings,
     word_neighbours,
 )
-from kdfast.student import MASK
+from kdfast.train.student import MASK
 
 STUDENT_FLAGS = ["--hidden", "8", "--embed-dim", "8", "--epochs", "2", "--max-train-samples", "48", "--batch-size",
                  "16", "--device", "cpu", "--no-progress"]
@@ -180,8 +180,8 @@ def test_a_failing_student_run_leaves_out_untouched(where: str, monkeypatch: pyt
                                                     tmp_path: Path) -> None:
     """--overwrite onto an earlier run, failing in training (a NaN loss) or half-way through writing the files:
     the earlier run is still there, byte for byte, and nothing is left beside it."""
-    from kdfast.distill import ScratchConfig
     from kdfast.errors import KdfastError
+    from kdfast.train.distill import ScratchConfig
 
     out = tmp_path / "rnn"
     cfg = dict(data=str(cola_dir), out=out, hidden=8, embed_dim=8, epochs=1, max_train_samples=32, device="cpu",
@@ -192,7 +192,7 @@ def test_a_failing_student_run_leaves_out_untouched(where: str, monkeypatch: pyt
     def fail(*_: Any, **__: Any) -> None:
         raise KdfastError(f"failed while {where}")
 
-    monkeypatch.setattr(kdfast.distill, "check_finite" if where == "training" else "plot_curves", fail)
+    monkeypatch.setattr(kdfast.train.distill, "check_finite" if where == "training" else "plot_curves", fail)
     with pytest.raises(KdfastError, match=f"failed while {where}"):
         run(ScratchConfig(**cfg, overwrite=True, seed=1))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -226,7 +226,7 @@ def test_word_neighbours_are_nearest_in_the_teacher_embedding_space() -> None:
 
 
 def test_teacher_embeddings_are_the_models_input_embeddings(teacher_run: Path) -> None:
-    from kdfast.teacher import load_teacher
+    from kdfast.train.teacher import load_teacher
 
     model, _ = load_teacher(teacher_run)
     assert torch.equal(teacher_embeddings(teacher_run), model.get_input_embeddings().weight.detach().float())
@@ -237,7 +237,7 @@ def test_teacher_features_are_what_its_classifier_turns_into_the_logits(teacher_
     the final layer norm), BERT's pooled [CLS]; and the logits are the model's."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kdfast.teacher import encode, load_teacher, predict_logits, teacher_outputs
+    from kdfast.train.teacher import encode, load_teacher, predict_logits, teacher_outputs
 
     gpt2, tokenizer = load_teacher(teacher_run)
     torch.manual_seed(0)
@@ -295,13 +295,13 @@ def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: p
 def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, cola_dir: Path,
                                           tmp_path: Path) -> None:
     calls = []
-    real_load = kdfast.distill.load_teacher
+    real_load = kdfast.train.distill.load_teacher
 
     def counting_load(run_dir: Path, merged: bool = True) -> Any:
         calls.append(run_dir)
         return real_load(run_dir, merged)
 
-    monkeypatch.setattr(kdfast.distill, "load_teacher", counting_load)
+    monkeypatch.setattr(kdfast.train.distill, "load_teacher", counting_load)
     cfg = dict(teacher=teacher_run, data=str(cola_dir), out=tmp_path / "s", epochs=2, hidden=8, embed_dim=8,
                max_train_samples=32, augment=1, feature_weight=0.0, device="cpu", progress=False)
     first = run(DistillConfig(**cfg))
@@ -310,7 +310,7 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
     def refuse(*_: Any, **__: Any) -> Any:
         raise AssertionError("the teacher was loaded again")
 
-    monkeypatch.setattr(kdfast.distill, "load_teacher", refuse)
+    monkeypatch.setattr(kdfast.train.distill, "load_teacher", refuse)
     again = run(DistillConfig(**{**cfg, "overwrite": True}))  # same --out
     assert again["teacher"]["logits_cache"]["reused"]
     elsewhere = run(DistillConfig(**{**cfg, "out": tmp_path / "s2", "reuse_logits": tmp_path / "s", "lr": 1e-3}))

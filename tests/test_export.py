@@ -20,7 +20,7 @@ from torch import nn
 from kdfast.data import load_dataset
 from kdfast.data.dataset import targets
 from kdfast.errors import KdfastError
-from kdfast.export import (
+from kdfast.export.onnx import (
     MANIFEST,
     ExportConfig,
     ExportSource,
@@ -32,8 +32,8 @@ from kdfast.export import (
     run,
     sha256,
 )
-from kdfast.onnx_parity import LOW_PRECISION_AGREEMENT, VariantResult, check_variant, fit_batch, session, torch_logits
-from kdfast.triton_repo import CONFIG_FILE, check_config, parse_config
+from kdfast.export.parity import LOW_PRECISION_AGREEMENT, VariantResult, check_variant, fit_batch, session, torch_logits
+from kdfast.export.triton_repo import CONFIG_FILE, check_config, parse_config
 
 pytest.importorskip("onnxruntime")
 
@@ -93,7 +93,7 @@ def test_teacher_export_passes_its_checks(exported: tuple[Path, dict[str, Any]],
     fused = manifest["optimizer"]["fused"]
     assert set(fused) >= {"Attention", "FastGelu", "LayerNormalization", "SkipLayerNormalization"}
     layers = json.loads((teacher_run / "merged" / "config.json").read_text())["n_layer"]
-    assert fused["MultiHeadAttention"] == layers  # kdfast.onnx_attention, every layer
+    assert fused["MultiHeadAttention"] == layers  # kdfast.export.attention, every layer
     assert fused["FastGelu"] == layers  # GPT-2's tanh GELU, one per MLP
     assert fused["SkipLayerNormalization"] > 0 and fused["LayerNormalization"] > 0  # every layer norm, fused
     assert fused["SkipLayerNormalization"] + fused["LayerNormalization"] == 2 * layers + 1  # ln_1, ln_2 per block, ln_f
@@ -114,7 +114,7 @@ def test_manifest_describes_the_files(exported: tuple[Path, dict[str, Any]]) -> 
 def test_onnx_matches_the_hf_model_at_several_shapes(exported: tuple[Path, dict[str, Any]], teacher_run: Path,
                                                      cola_dir: Path) -> None:
     """Independently of the library's own check: the HF model called directly, batch 1 and odd lengths."""
-    from kdfast.teacher import encode, load_teacher
+    from kdfast.train.teacher import encode, load_teacher
 
     out, _ = exported
     model, tokenizer = load_teacher(teacher_run)
@@ -157,8 +157,8 @@ def test_bert_teacher_exports_and_optimizes(tmp_path: Path, cola_dir: Path) -> N
     from helpers import minilm_dir
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from kdfast.teacher import TeacherConfig
-    from kdfast.teacher import run as train_teacher
+    from kdfast.train.teacher import TeacherConfig
+    from kdfast.train.teacher import run as train_teacher
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
@@ -258,9 +258,9 @@ def test_a_frozen_axis_is_caught(tmp_path: Path, cola_dir: Path) -> None:
 
 @pytest.mark.parametrize(("cell", "pooling"), [("lstm", "max"), ("gru", "last")])
 def test_student_run_exports(tmp_path: Path, cola_dir: Path, cell: str, pooling: str) -> None:
-    """A real (tiny) student run, bidirectional: skipped until kdfast.student is merged."""
-    pytest.importorskip("kdfast.student")
-    distill = pytest.importorskip("kdfast.distill")
+    """A real (tiny) student run, bidirectional: skipped until kdfast.train.student is merged."""
+    pytest.importorskip("kdfast.train.student")
+    distill = pytest.importorskip("kdfast.train.distill")
     run_dir = tmp_path / "student"
     distill.run(distill.ScratchConfig(data=str(cola_dir), out=run_dir, epochs=1, max_train_samples=256, cell=cell,
                                       pooling=pooling, embed_dim=16, hidden=16, device="cpu", progress=False))
@@ -280,9 +280,9 @@ def test_student_fp16_checked_on_the_whole_dev_set(tmp_path: Path, cola_dir: Pat
     """--fp16, with parity over every dev sentence (no max_check_sentences): its count and its scores are dev's."""
     import onnx
 
-    from kdfast.distill import ScratchConfig
-    from kdfast.distill import run as train_student
     from kdfast.evaluate import evaluate_run
+    from kdfast.train.distill import ScratchConfig
+    from kdfast.train.distill import run as train_student
 
     run_dir = tmp_path / "student"
     train_student(ScratchConfig(data=str(cola_dir), out=run_dir, epochs=1, max_train_samples=64, hidden=8,
@@ -308,7 +308,7 @@ def test_student_fp16_checked_on_the_whole_dev_set(tmp_path: Path, cola_dir: Pat
 
 
 def load_student_ids(run_dir: Path, sentences: list[str]) -> list[list[int]]:
-    from kdfast.export import load_student_for_export
+    from kdfast.export.onnx import load_student_for_export
 
     return load_student_for_export(run_dir)[1](sentences)
 
@@ -376,7 +376,7 @@ def test_cli_needs_a_format(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 
 def test_both_onnxruntime_builds_installed_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdfast.export as export
+    import kdfast.export.onnx as export
 
     monkeypatch.setattr(export, "_version", lambda dist: "1.32.0")
     with pytest.raises(KdfastError, match=r"both onnxruntime \S+ and onnxruntime-gpu"):

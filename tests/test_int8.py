@@ -1,5 +1,5 @@
-"""kdfast.int8: accuracy-aware int8 tuning on the tiny teacher; calibration reads training sentences only and never
-padding; a rule nothing meets fails with every candidate's numbers and writes nothing."""
+"""kdfast.export.int8: accuracy-aware int8 tuning on the tiny teacher; calibration reads training sentences only and
+never padding; a rule nothing meets fails with every candidate's numbers and writes nothing."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import torch
 
 from kdfast.batching import pad_batch
 from kdfast.data import Dataset, Example, load_dataset
-from kdfast.export import MANIFEST, ExportConfig, ParityError, run
-from kdfast.int8 import (
+from kdfast.export.int8 import (
     RECIPES,
     CalibrationSet,
     Int8Config,
@@ -25,6 +24,7 @@ from kdfast.int8 import (
     sentences_sha256,
     session,
 )
+from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, run
 
 pytest.importorskip("onnxruntime")
 
@@ -134,7 +134,7 @@ def test_a_rule_nothing_meets_fails_with_every_candidate(capsys: pytest.CaptureF
 
 
 def test_the_cli_maps_the_rule_flags(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, tmp_path: Path) -> None:
-    import kdfast.export
+    import kdfast.export.onnx
     from kdfast.cli.main import main
 
     seen: list[ExportConfig] = []
@@ -143,7 +143,7 @@ def test_the_cli_maps_the_rule_flags(monkeypatch: pytest.MonkeyPatch, teacher_ru
         seen.append(cfg)
         raise ParityError("stop", {"parity": {"checked": False}})
 
-    monkeypatch.setattr(kdfast.export, "run", fake_run)  # the command imports it when it runs
+    monkeypatch.setattr(kdfast.export.onnx, "run", fake_run)  # the command imports it when it runs
     monkeypatch.setattr(sys, "argv", ["kdfast", "export", "--onnx", str(teacher_run), "--out", str(tmp_path / "o"),
                                       "--int8", "--int8-min-agreement", "0.98", "--int8-max-drop", "0.02",
                                       "--int8-calibration", "50"])
@@ -157,8 +157,8 @@ def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: 
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Dev is marked: tuning's hash of what it read equals the hash of the training draw, and no dev sentence was
     encoded while tuning."""
-    import kdfast.export as export
-    import kdfast.int8 as int8_module
+    import kdfast.export.int8 as int8_module
+    import kdfast.export.onnx as export
 
     cola = load_dataset(cola_dir)
     marked = Dataset(train=cola.train, dev=[Example(f"DEV {e.text}", e.label, e.in_domain) for e in cola.dev],
@@ -189,7 +189,7 @@ def test_calibration_ranges_ignore_padding(tuned: tuple[Path, dict[str, Any]], t
                                            tmp_path: Path) -> None:
     """Batches that are mostly padding calibrate to the same ranges as the sentences alone; fed padded as they are,
     the ranges change (so the check can fail)."""
-    from kdfast.teacher import encode, load_tokenizer
+    from kdfast.train.teacher import encode, load_tokenizer
 
     out, manifest = tuned
     model = out / "model.onnx"
@@ -247,8 +247,8 @@ def test_three_classes(tmp_path: Path) -> None:
     """Nothing assumes two classes: a three-class model (embedding -> LSTM -> mean -> linear) tuned end to end."""
     from torch import nn
 
-    from kdfast.export import ExportSource, export_onnx
-    from kdfast.int8 import TuneInputs, tune
+    from kdfast.export.int8 import TuneInputs, tune
+    from kdfast.export.onnx import ExportSource, export_onnx
 
     class Three(nn.Module):
         def __init__(self) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from kdfast.lora import (
+from kdfast.train.lora import (
     LoRALinear,
     count_parameters,
     inject_lora,
@@ -166,7 +166,7 @@ def test_peft_loads_a_bert_adapter_with_its_pooler(tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    from kdfast.lora import save_adapter
+    from kdfast.train.lora import save_adapter
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -381,7 +381,7 @@ def test_cpu_without_interpreter_never_reaches_triton(monkeypatch: pytest.Monkey
     answer with the reference and the plain path, bit for bit."""
     from transformers.pytorch_utils import Conv1D
 
-    from kdfast.lora import LoRALinear
+    from kdfast.train.lora import LoRALinear
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, w, a, b, bias = make_inputs(4, 32, 48, 4, layout=layout, device="cpu")
@@ -506,7 +506,7 @@ def test_lora_linear_fused_runs_the_kernel(layout: str) -> None:
     GPU), forward and backward, and matches its plain path."""
     from transformers.pytorch_utils import Conv1D
 
-    from kdfast.lora import LoRALinear
+    from kdfast.train.lora import LoRALinear
 
     torch.manual_seed(0)
     base = torch.nn.Linear(24, 40) if layout == "linear" else Conv1D(40, 24)
@@ -573,7 +573,7 @@ def test_lora_linear_fused_matches_plain_on_cuda(layout: str, dtype: torch.dtype
     """LoRALinear routes through the kernel on CUDA; forward and the LoRA grads match its plain path."""
     from transformers.pytorch_utils import Conv1D
 
-    from kdfast.lora import LoRALinear
+    from kdfast.train.lora import LoRALinear
 
     torch.manual_seed(0)
     base = torch.nn.Linear(768, 2304) if layout == "linear" else Conv1D(2304, 768)

@@ -29,7 +29,7 @@ SENTENCES = ["The book that John wrote was read by everyone.", "Books.", "Who di
 def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny teacher and a tiny student, each exported (fp32, and optimized/int8 where they pass), and a copy of
     the student without its export."""
-    from kdfast.export import ExportConfig, run_dropping_failed_int8
+    from kdfast.export.onnx import ExportConfig, run_dropping_failed_int8
 
     root = tmp_path_factory.mktemp("predict-runs")
     teacher = root / "teacher"
@@ -56,7 +56,7 @@ def eval_logits(run_dir: Path) -> np.ndarray:
 
 def onnx_variant_logits(run_dir: Path, variant: str) -> np.ndarray:
     """The export's own logits for a variant, as its parity check computes them."""
-    from kdfast.onnx_parity import onnx_logits, session
+    from kdfast.export.parity import onnx_logits, session
 
     manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
     file = next(v["file"] for v in manifest["variants"] if v["variant"] == variant)

@@ -32,8 +32,8 @@ MAX_TEXTS, MAX_CHARS = 4, 100
 
 @pytest.fixture(scope="module")
 def student(cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kdfast.export import ExportConfig
-    from kdfast.export import run as export
+    from kdfast.export.onnx import ExportConfig
+    from kdfast.export.onnx import run as export
 
     out = train_tiny_student(tmp_path_factory.mktemp("serve-runs") / "student", cola_dir)
     export(ExportConfig(run_dir=out, int8=False, max_check_sentences=16, progress=False))
@@ -138,7 +138,7 @@ def test_bad_requests_are_4xx_and_the_server_goes_on(server: str, body: bytes, s
 
 
 def test_triton_config_asks_for_dynamic_batching_and_instances(tmp_path: Path, student: Path) -> None:
-    from kdfast.triton_repo import parse_config, write_repo
+    from kdfast.export.triton_repo import parse_config, write_repo
 
     model_dir = write_repo(tmp_path / "repo", "student", student / "onnx" / "model.onnx", max_batch_size=64)
     text = (model_dir / "config.pbtxt").read_text()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kdfast.batching import pad_batch
 from kdfast.errors import KdfastError
-from kdfast.student import (
+from kdfast.train.student import (
     GPT2_SMALL_PARAMS,
     MASK,
     DistilRNN,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from kdfast.data import load_dataset
 from kdfast.evaluate import evaluate_run
-from kdfast.teacher import encode, load_teacher, predict_logits, score_dev
+from kdfast.train.teacher import encode, load_teacher, predict_logits, score_dev
 
 
 def test_cli_trains_and_writes_every_artifact(tiny_gpt2: Path, cola_dir: Path, tmp_path: Path, capsys) -> None:
@@ -45,7 +45,7 @@ def test_cli_trains_and_writes_every_artifact(tiny_gpt2: Path, cola_dir: Path, t
 
 
 def test_training_is_reproducible(tiny_gpt2: Path, cola_dir: Path, tmp_path: Path) -> None:
-    from kdfast.teacher import TeacherConfig, run
+    from kdfast.train.teacher import TeacherConfig, run
 
     def once(out: Path) -> list[dict]:
         return run(TeacherConfig(model=str(tiny_gpt2), data=str(cola_dir), out=out, epochs=1, max_train_samples=64,
@@ -155,7 +155,7 @@ def test_non_empty_out_is_refused_and_kept(tiny_gpt2: Path, cola_dir: Path, tmp_
 
 def test_a_failed_run_destroys_nothing(tiny_gpt2: Path, cola_dir: Path, tmp_path: Path, monkeypatch,
                                        capsys) -> None:
-    import kdfast.teacher
+    import kdfast.train.teacher
 
     out = tmp_path / "teacher"
     out.mkdir()
@@ -164,7 +164,7 @@ def test_a_failed_run_destroys_nothing(tiny_gpt2: Path, cola_dir: Path, tmp_path
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(kdfast.teacher, "plot_curves", explode)  # fails while the run folder is being written
+    monkeypatch.setattr(kdfast.train.teacher, "plot_curves", explode)  # fails while the run folder is being written
     args = ["train", "lora", "--model", str(tiny_gpt2), "--data", str(cola_dir), "--out", str(out),
             "--max-train-samples", "32", "--epochs", "1", "--no-progress", "--overwrite"]
     with pytest.raises(RuntimeError, match="disk full"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import minilm_dir
 
-from kdfast.teacher import TeacherConfig, run
+from kdfast.train.teacher import TeacherConfig, run
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def onnx_backend(run_dir: Path, runtime: str, threads: int | None, spin: bool = 
         def encode(texts: list[str]) -> list[list[int]]:
             return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     else:  # a student: its word vocabulary (torch-free)
-        from kdfast.vocab import WordVocab
+        from kdfast.train.vocab import WordVocab
 
         vocab = WordVocab.load(folder / pre["vocab"])
         config = folder / "student_config.json"
@@ -156,7 +156,7 @@ def onnx_backend(run_dir: Path, runtime: str, threads: int | None, spin: bool = 
 def torch_backend(run_dir: Path, device: str, threads: int | None) -> Backend:
     import torch
 
-    from kdfast.training import resolve_device
+    from kdfast.train.training import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -165,8 +165,8 @@ def torch_backend(run_dir: Path, device: str, threads: int | None) -> Backend:
     if info["kind"] == "teacher":
         if not (Path(run_dir) / "merged").is_dir():
             raise KdfastError(f"{run_dir}: no model (merged/ missing): a teacher run that did not finish?")
-        from kdfast.teacher import encode as encode_teacher
-        from kdfast.teacher import load_teacher
+        from kdfast.train.teacher import encode as encode_teacher
+        from kdfast.train.teacher import load_teacher
 
         model, tokenizer = load_teacher(run_dir)
         max_length = int(read_json(Path(run_dir) / METRICS_FILE)["config"]["max_length"])
@@ -178,7 +178,7 @@ def torch_backend(run_dir: Path, device: str, threads: int | None) -> Backend:
         def call(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             return model(input_ids=ids, attention_mask=mask).logits
     else:
-        from kdfast.student import STUDENT_FILE, load_student
+        from kdfast.train.student import STUDENT_FILE, load_student
 
         if not (Path(run_dir) / STUDENT_FILE).exists():
             raise KdfastError(f"{run_dir}: no model ({STUDENT_FILE} missing): a student run that did not finish?")

@@ -43,7 +43,7 @@ from torch import nn
 from kdfast.batching import length_sorted_batches, pad_batch
 from kdfast.errors import KdfastError, require
 from kdfast.runs import read_json, read_run_info, write_json
-from kdfast.vocab import MASK, PAD, UNK, WordVocab, split_words  # noqa: F401  (re-exported: the student's vocabulary)
+from kdfast.train.vocab import MASK, PAD, UNK, WordVocab, split_words  # noqa: F401  (re-exported: the student's vocabulary)
 
 CELLS = ("lstm", "gru")
 POOLINGS = ("mean", "max", "last")

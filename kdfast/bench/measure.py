@@ -21,9 +21,10 @@ that fails) is skipped with its reason in ``skipped``.
 ``teacher-onnx-* / teacher eager`` measures the runtime and nothing else (the unmerged teacher does extra LoRA
 matmuls and would flatter every other variant).
 
-**ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export`` with its
+**ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export.onnx`` with its
 parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). The int8 rows
-time the exported ``model.int8.onnx``, the candidate ``kdfast.int8`` tuned and export checked on dev (its ``note``
+time the exported ``model.int8.onnx``, the candidate ``kdfast.export.int8`` tuned and export checked on dev
+(its ``note``
 names the candidate); when no candidate held the rule, the export is redone without int8 and the int8 rows are
 skipped with that reason: an unchecked model is never timed or written. ``agreement`` is the measured share of dev
 labels equal to PyTorch's. An existing export is used as it is (never replaced); one made from an earlier run at the
@@ -54,7 +55,7 @@ batched exactly as ``kdfast eval`` batches it (by length, 64 at a time), with th
      "ratios": [{"name", "batch_size", "fast", "fast_p50_ms", "slow", "slow_p50_ms", "ratio" (slow p50 / fast p50),
                  "target", "mcc_drop" (slow MCC - fast MCC, int8 only), "mcc_drop_max", "met"}, ...]}
 
-Each row (``kdfast.bench_report.ROW_FIELDS``; the CSV and Markdown files have these columns in this order):
+Each row (``kdfast.bench.report.ROW_FIELDS``; the CSV and Markdown files have these columns in this order):
 
     model        run folder name          variant      as above               batch_size   sentences per call
     p50_ms, p90_ms, p99_ms, mean_ms       latency of one call (one batch), milliseconds
@@ -95,8 +96,8 @@ from rich.console import Console
 
 from kdfast import __version__
 from kdfast.batching import in_order, length_sorted_batches, pad_batch
-from kdfast.bench_report import write_outputs
-from kdfast.bench_variants import (
+from kdfast.bench.report import write_outputs
+from kdfast.bench.variants import (
     VARIANTS,
     Loaded,
     ModelInputs,
@@ -109,8 +110,8 @@ from kdfast.bench_variants import (
 from kdfast.data import Dataset, dataset_from_config, subsample
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
-from kdfast.teacher import score_dev
-from kdfast.training import resolve_device
+from kdfast.train.teacher import score_dev
+from kdfast.train.training import resolve_device
 
 TEACHER_EAGER = "teacher-merged"  # the baseline of ``speedup``
 REFERENCE = {"teacher": "teacher-merged", "student": "student-eager"}  # what ``agreement`` compares with

@@ -1,5 +1,5 @@
 """How ``kdfast bench`` loads each variant: PyTorch modules and ONNX Runtime sessions behind one call signature,
-and the run's ONNX files (exported with export's checks when missing). See ``kdfast.bench`` for the method."""
+and the run's ONNX files (exported with export's checks when missing). See ``kdfast.bench.measure`` for the method."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class OnnxFiles:
 
     def int8(self) -> tuple[Path, str]:
         """(model.int8.onnx, note): the model export tuned and checked, or Skip when the export holds none."""
-        from kdfast.export import MODEL_FILES
+        from kdfast.export.onnx import MODEL_FILES
 
         if "int8" not in {v["variant"] for v in self.manifest.get("variants", [])}:
             raise Skip(f"{self.folder} has no int8 model: no candidate held export's rule, or it was exported "
@@ -156,7 +156,7 @@ class OnnxFiles:
 
 def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> Path:
     """``RUN/onnx``, exported (with export's parity checks) when it holds no export yet."""
-    from kdfast.export import MANIFEST, ExportConfig, check_onnx_packages, run_dropping_failed_int8
+    from kdfast.export.onnx import MANIFEST, ExportConfig, check_onnx_packages, run_dropping_failed_int8
 
     check_onnx_packages()
     folder = run_dir / "onnx"
@@ -171,7 +171,7 @@ def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable
 
 def onnx_files(run_dir: Path, data: str | None, optimize: bool, say: Callable[..., None]) -> OnnxFiles:
     """The run's ONNX export, checked to come from this very run (exported first when missing)."""
-    from kdfast.export import MANIFEST
+    from kdfast.export.onnx import MANIFEST
 
     folder = ensure_export(run_dir, data, optimize, say)
     manifest = read_json(folder / MANIFEST)
@@ -186,7 +186,7 @@ def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool],
                   say: Callable[..., None]) -> Callable[[str], Callable[[], Loaded]]:
     """``variant(name)`` -> build, for a run's ONNX Runtime variants ("fp32", "optimized", "int8"); they share one
     export, found or made (``optimize()`` says whether with --optimize) on the first build, and so does its failure."""
-    from kdfast.export import MODEL_FILES
+    from kdfast.export.onnx import MODEL_FILES
 
     onnx: dict[str, OnnxFiles | Skip] = {}
 
@@ -227,9 +227,9 @@ def onnx_variants(run_dir: Path, data: str | None, optimize: Callable[[], bool],
 def teacher_builders(run_dir: Path, data: str | None, device: torch.device, threads: int,
                      say: Callable[..., None]) -> Iterator[tuple[str, Callable[[], Loaded]]]:
     """(variant, build) for every teacher variant; ``build`` raises Skip when the variant cannot run here."""
-    from kdfast.export import OPTIMIZER_TYPES, ClassifierLogits
-    from kdfast.lora import set_fused, unwrap_merged
-    from kdfast.teacher import load_teacher
+    from kdfast.export.onnx import OPTIMIZER_TYPES, ClassifierLogits
+    from kdfast.train.lora import set_fused, unwrap_merged
+    from kdfast.train.teacher import load_teacher
 
     run_cfg = read_json(run_dir / METRICS_FILE)["config"]
     base = Path(run_cfg["model"])
@@ -279,7 +279,7 @@ def teacher_builders(run_dir: Path, data: str | None, device: torch.device, thre
 
 
 def teacher_inputs(run_dir: Path, timed: list[str], dev: list[str]) -> ModelInputs:
-    from kdfast.teacher import encode, load_tokenizer
+    from kdfast.train.teacher import encode, load_tokenizer
 
     run_cfg = read_json(run_dir / METRICS_FILE)["config"]
     source = run_dir / "merged" if (run_dir / "merged").is_dir() else Path(run_cfg["model"])
@@ -294,7 +294,7 @@ def teacher_inputs(run_dir: Path, timed: list[str], dev: list[str]) -> ModelInpu
 
 def student_builders(run_dir: Path, data: str | None, device: torch.device, threads: int,
                      say: Callable[..., None]) -> Iterator[tuple[str, Callable[[], Loaded]]]:
-    from kdfast.student import STUDENT_FILE, compile_student, load_student, pad_for_compile, parameter_counts
+    from kdfast.train.student import STUDENT_FILE, compile_student, load_student, pad_for_compile, parameter_counts
 
     weights = files_mb(run_dir / STUDENT_FILE)
 
@@ -321,7 +321,7 @@ def student_builders(run_dir: Path, data: str | None, device: torch.device, thre
 
 
 def student_inputs(run_dir: Path, timed: list[str], dev: list[str]) -> ModelInputs:
-    from kdfast.student import load_student
+    from kdfast.train.student import load_student
 
     _, vocab, max_length = load_student(run_dir)
     return ModelInputs(run_dir.name, "student", int(vocab.pad_id), [vocab.encode(s, max_length) for s in timed],

@@ -4,7 +4,8 @@ One stage, shaped setup → export → variants → check → save (``run``). It
 
     model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, C]
     model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused attention, LayerNorm, Gelu, ...)
-    model.int8.onnx     --int8: the fastest int8 candidate that keeps fp32's labels (``kdfast.int8``), for the CPU
+    model.int8.onnx     --int8: the fastest int8 candidate that keeps fp32's labels (``kdfast.export.int8``),
+                        for the CPU
     model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
     tokenizer/ or vocab.json   what turns a sentence into input_ids
     manifest.json       source run, label names (``labels[id]``), exporter, opset, inputs/outputs and their
@@ -22,7 +23,7 @@ the model is exported through a wrapper that passes keywords (and ``use_cache=Fa
 
 Attention is exported in its eager form (``set_attn_implementation("eager")``; SDPA's traced graph fuses nothing):
 ONNX Runtime's BERT optimizer then fuses it into ``Attention`` itself, and for GPT-2, whose optimizer matches only
-older transformers' graphs, ``kdfast.onnx_attention`` fuses it into ``MultiHeadAttention``. Both are checked by
+older transformers' graphs, ``kdfast.export.attention`` fuses it into ``MultiHeadAttention``. Both are checked by
 the same parity rule as every other fp32 variant.
 
 The export is built in a staged folder and renamed into place only when every check passed: a failed export leaves
@@ -50,11 +51,11 @@ from kdfast.batching import pad_batch
 from kdfast.data import Example, dataset_from_config, subsample
 from kdfast.data.dataset import Targets, targets
 from kdfast.errors import KdfastError, require
-from kdfast.int8 import Int8Config, Int8RuleError, TuneInputs, tune
-from kdfast.lora import unwrap_merged
-from kdfast.onnx_parity import VariantResult, check_variant, reference_row, torch_logits
+from kdfast.export.int8 import Int8Config, Int8RuleError, TuneInputs, tune
+from kdfast.export.parity import VariantResult, check_variant, reference_row, torch_logits
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels, staged_dir, write_json
-from kdfast.teacher import encode, load_teacher
+from kdfast.train.lora import unwrap_merged
+from kdfast.train.teacher import encode, load_teacher
 
 MANIFEST = "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "optimized": "model.opt.onnx", "int8": "model.int8.onnx",
@@ -78,7 +79,7 @@ class ExportConfig:
     opset: int = 17
     optimize: bool = False  # also write model.opt.onnx (ONNX Runtime's transformer optimizer)
     int8: bool = False  # also write model.int8.onnx (accuracy-aware int8 tuning, CPU)
-    int8_tuning: Int8Config = field(default_factory=Int8Config)  # its rule and calibration (kdfast.int8)
+    int8_tuning: Int8Config = field(default_factory=Int8Config)  # its rule and calibration (kdfast.export.int8)
     fp16: bool = False  # also write model.fp16.onnx (CUDA; LayerNorm and IO kept fp32)
     triton_repo: Path | None = None  # also write a Triton model repository entry here
     triton_name: str | None = None  # its model name; default the run folder's name
@@ -199,14 +200,14 @@ class StudentLogits(nn.Module):
 def load_student_for_export(run_dir: Path) -> tuple[nn.Module, Callable[[list[str]], list[list[int]]], int]:
     """(module taking input_ids (B, T) int64 -> logits (B, C), encode(sentences) -> ids, pad id) of a student run.
 
-    The one place that knows ``kdfast.student`` (branch ``student``): ``load_student(run_dir) -> (DistilRNN on the
+    The one place that knows ``kdfast.train.student`` (branch ``student``): ``load_student(run_dir) -> (DistilRNN on the
     CPU in eval mode, WordVocab, max_length)``, ``DistilRNN(input_ids, attention_mask) -> logits``,
     ``WordVocab.encode(sentence, max_length) -> ids`` and ``WordVocab.pad_id``.
     """
     try:
-        from kdfast.student import load_student
+        from kdfast.train.student import load_student
     except ImportError:
-        raise KdfastError(f"{run_dir}: a student run, but this kdfast has no kdfast.student to load it") from None
+        raise KdfastError(f"{run_dir}: a student run, but this kdfast has no kdfast.train.student to load it") from None
     model, vocab, max_length = load_student(run_dir)
     pad_id = int(vocab.pad_id)
     return (StudentLogits(model, pad_id).eval(), lambda sentences: [vocab.encode(s, max_length) for s in sentences],
@@ -275,7 +276,7 @@ def check_graph(path: Path, input_names: list[str], num_labels: int) -> dict[str
     """The ONNX graph is valid and has the interface we promise: inputs (batch, seq) int64, logits (batch, C)."""
     import onnx
 
-    from kdfast.triton_repo import graph_io
+    from kdfast.export.triton_repo import graph_io
 
     onnx.checker.check_model(str(path))
     io = graph_io(path)
@@ -297,10 +298,10 @@ def check_graph(path: Path, input_names: list[str], num_labels: int) -> dict[str
 
 def optimize(src: Path, dst: Path, source: ExportSource) -> dict[str, int]:
     """ONNX Runtime's transformer optimizer, then, where it fused no attention (GPT-2 on transformers 5),
-    ``kdfast.onnx_attention``'s MultiHeadAttention fusion; returns how many of each fused node there are."""
+    ``kdfast.export.attention``'s MultiHeadAttention fusion; returns how many of each fused node there are."""
     from onnxruntime.transformers import optimizer
 
-    from kdfast.onnx_attention import fuse_attention
+    from kdfast.export.attention import fuse_attention
 
     opt = optimizer.optimize_model(str(src), model_type=source.optimizer_type, num_heads=source.num_heads,
                                    hidden_size=source.hidden_size)
@@ -375,7 +376,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out is not None else run_dir / "onnx"
     check_out(out, run_dir)
     if cfg.triton_repo is not None:
-        from kdfast.triton_repo import check_name
+        from kdfast.export.triton_repo import check_name
 
         check_name(cfg.triton_name or run_dir.resolve().name)
     source = load_source(run_dir, info["kind"])
@@ -447,7 +448,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             raise ParityError(f"ONNX does not match PyTorch: {', '.join(failed)} failed (see the table); nothing "
                               "was written", manifest)
         if cfg.triton_repo is not None:
-            from kdfast.triton_repo import write_repo
+            from kdfast.export.triton_repo import write_repo
 
             name = cfg.triton_name or run_dir.resolve().name
             model_dir = write_repo(Path(cfg.triton_repo), name, tmp / MODEL_FILES["fp32"], cfg.triton_max_batch_size)
@@ -462,7 +463,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
 def tune_int8(cfg: ExportConfig, source: ExportSource, folder: Path, src: Path, dst: Path, train: list[Example],
               say: Callable[..., None]) -> dict[str, Any]:
-    """``kdfast.int8.tune`` on the exported files; when no candidate holds the rule, a ParityError whose manifest
+    """``kdfast.export.int8.tune`` on the exported files; when no candidate holds the rule, a ParityError whose manifest
     carries every candidate's numbers (and nothing is written)."""
     inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=src, encode=source.encode, pad_id=source.pad_id,
                         input_names=source.input_names)
@@ -532,7 +533,7 @@ def _version(dist: str) -> str | None:
 
 def logits_from_onnx(folder: Path, sentences: list[str], variant: str = "fp32") -> np.ndarray:
     """Logits (N, C) of an exported model for ``sentences``, preprocessing as the manifest says (teacher exports)."""
-    from kdfast.onnx_parity import onnx_logits, session
+    from kdfast.export.parity import onnx_logits, session
 
     manifest = read_json(Path(folder) / MANIFEST)
     pre = manifest["source_run"]["preprocessing"]

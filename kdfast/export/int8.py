@@ -29,7 +29,7 @@ sentence is fed alone and unpadded (:class:`UnpaddedReader`), so padding never e
 so their logit margins are wider than on unseen text and int8 flips fewer of them (MiniLM teacher, dynamic int8 of
 the optimized model: 98.6% of 1,000 held-out training sentences agree, 96.4% of dev; benchmarks/bench_int8.py). The
 rule's agreement is therefore judged on the held-out sentences together with one perturbed copy of each
-(``perturbed``: Tang et al.'s masking, swaps and n-gram cuts, ``kdfast.distill.augment``, seeded), sentences the
+(``perturbed``: Tang et al.'s masking, swaps and n-gram cuts, ``kdfast.train.distill.augment``, seeded), sentences the
 teacher never saw, on which int8 flips more (94.0%): the two together (96.3%) track dev for dynamic quantization
 (static QDQ does worse on dev than on either). MCC, which needs labels, is judged on the held-out originals.
 
@@ -129,7 +129,7 @@ class CalibrationSet:
     @classmethod
     def draw(cls, train: Sequence[Example], calibration: int, held_out: int, seed: int,
              perturbed: bool = False) -> CalibrationSet:
-        from kdfast.distill import augment
+        from kdfast.train.distill import augment
 
         if len(train) < 2:
             raise KdfastError(f"int8 tuning needs training sentences; the training split has {len(train)}")

@@ -57,7 +57,6 @@ from torch import nn
 
 from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_dataset, subsample
-from kdfast.distributed import Context, setup
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.metrics import SELECT_BY, best_summary, improves
 from kdfast.plots import plot_curves
@@ -72,7 +71,8 @@ from kdfast.runs import (
     write_json,
     write_run_info,
 )
-from kdfast.student import (
+from kdfast.train.distributed import Context, setup
+from kdfast.train.student import (
     MASK,
     DistilRNN,
     StudentConfig,
@@ -84,8 +84,8 @@ from kdfast.student import (
     predict_logits,
     save_student,
 )
-from kdfast.teacher import encode, load_teacher, score_dev, teacher_outputs
-from kdfast.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
+from kdfast.train.teacher import encode, load_teacher, score_dev, teacher_outputs
+from kdfast.train.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space

@@ -1,7 +1,7 @@
 """The files ``kdfast bench`` writes (JSON, CSV, Markdown, a PNG) and ``--compare`` of two JSON reports.
 
-The schema is documented once, in ``kdfast.bench``'s docstring; ``ROW_FIELDS`` is the column order of CSV and
-Markdown alike. The report arrives as data: this module imports nothing of ``kdfast.bench``, which imports it.
+The schema is documented once, in ``kdfast.bench.measure``'s docstring; ``ROW_FIELDS`` is the column order of CSV and
+Markdown alike. The report arrives as data: this module imports nothing of ``kdfast.bench.measure``, which imports it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import io
 from pathlib import Path
 from typing import Any
 
-from kdfast.bench_variants import VARIANTS
+from kdfast.bench.variants import VARIANTS
 from kdfast.errors import KdfastError
 from kdfast.runs import read_json, write_json
 
-# The columns of a row, in the order of the CSV and Markdown files (described in ``kdfast.bench``'s docstring).
+# The columns of a row, in the order of the CSV and Markdown files (described in ``kdfast.bench.measure``'s docstring).
 ROW_FIELDS = ["model", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc",
               "mcc", "agreement", "params", "file_mb", "speedup", "seq_len", "calls", "setup_s", "load_1m", "runtime",
               "note"]

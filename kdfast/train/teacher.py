@@ -24,17 +24,7 @@ from torch import nn
 
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Dataset, load_dataset, subsample
-from kdfast.distributed import Context, setup
 from kdfast.errors import KdfastError, first_line, require
-from kdfast.lora import (
-    count_parameters,
-    inject_lora,
-    load_adapter_weights,
-    mark_trainable,
-    save_adapter,
-    set_fused,
-    unwrap_merged,
-)
 from kdfast.metrics import SELECT_BY, best_summary, improves, score_logits
 from kdfast.plots import plot_curves
 from kdfast.runs import (
@@ -47,7 +37,17 @@ from kdfast.runs import (
     write_json,
     write_run_info,
 )
-from kdfast.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
+from kdfast.train.distributed import Context, setup
+from kdfast.train.lora import (
+    count_parameters,
+    inject_lora,
+    load_adapter_weights,
+    mark_trainable,
+    save_adapter,
+    set_fused,
+    unwrap_merged,
+)
+from kdfast.train.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
 
 
 @dataclass

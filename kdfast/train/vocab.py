@@ -1,8 +1,8 @@
 """The student's word vocabulary, torch-free: ``kdfast predict`` on an exported student needs it and ONNX Runtime,
-nothing more. ``kdfast.student`` re-exports everything here.
+nothing more. ``kdfast.train.student`` re-exports everything here.
 
 A word vocabulary built from the training sentences (lower-cased words with their apostrophes, punctuation marks on
-their own; words seen fewer than ``min_freq`` times map to ``<unk>``); ``kdfast/student.py``'s docstring says why
+their own; words seen fewer than ``min_freq`` times map to ``<unk>``); ``kdfast/train/student.py``'s docstring says why
 the student does not use the teacher's tokenizer.
 """
 

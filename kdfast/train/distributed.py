@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kdfast.errors import KdfastError
-from kdfast.training import resolve_device
+from kdfast.train.training import resolve_device
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TIMEOUT = timedelta(minutes=10)  # the longest any rank waits in a collective before the job fails
