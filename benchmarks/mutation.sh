@@ -21,7 +21,7 @@ import re
 
 counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 for line in open("mutants/results.txt"):
-    m = re.match(r"\s*(kdfast\.\w+)\.(\S+)__mutmut_\d+: (.+)$", line)
+    m = re.match(r"\s*(kdfast[\w.]*?)\.(x\S+)__mutmut_\d+: (.+)$", line)
     if m and m[3].strip() != "not checked" and (m[1] != "kdfast.train.distill" or m[2] == "x_kd_loss"):
         counts[m[1]][m[3].strip()] += 1
 # a mutant that crashes the tests is caught too; one that times out probably is (counted apart); "no tests" and
