@@ -85,7 +85,7 @@ from kdfast.train.student import (
     save_student,
 )
 from kdfast.train.teacher import encode, load_teacher, score_dev, teacher_outputs
-from kdfast.train.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
+from kdfast.train.training import adamw_with_warmup, check_finite, optimizer_step, progress_bar, seed_everything
 
 CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
@@ -507,12 +507,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                         correct += int((logits.argmax(-1) == y)[labelled].sum())
                         real += int(labelled.sum())
                         seen += len(part)
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # of the averaged gradient
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
                 rate = seen * ctx.world / (time.perf_counter() - start)
                 bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, real, seen = ctx.all_sum(loss_sum, correct, real, seen)  # over every rank's slices

@@ -47,7 +47,7 @@ from kdfast.train.lora import (
     set_fused,
     unwrap_merged,
 )
-from kdfast.train.training import adamw_with_warmup, check_finite, progress_bar, seed_everything
+from kdfast.train.training import adamw_with_warmup, check_finite, optimizer_step, progress_bar, seed_everything
 
 
 @dataclass
@@ -284,12 +284,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                         loss_sum += loss.item()
                         correct += int((logits.argmax(-1) == labels).sum())
                         seen += len(part)
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # of the averaged gradient
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
                 rate = seen * ctx.world / (time.perf_counter() - start)
                 bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, seen = ctx.all_sum(loss_sum, correct, seen)  # the epoch over every rank's slices

@@ -47,6 +47,17 @@ def adamw_with_warmup(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                   scaler: torch.amp.GradScaler, params: Iterable[torch.nn.Parameter], max_grad_norm: float) -> None:
+    """One update from the accumulated (and, under DDP, averaged) gradients: unscale (fp16), clip, step, schedule."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # of the averaged gradient
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss):
         raise KdfastError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; try a lower --lr")
