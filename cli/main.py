@@ -28,7 +28,8 @@ RANK_ERROR_GRACE_S = 2.0  # see _fail
 
 app = typer.Typer(
     name="kdfast",
-    help="LoRA-tune GPT-2 on CoLA, distil it into a small RNN, make both fast, export and benchmark them.",
+    help="LoRA-tune GPT-2 (or any classifier) on CoLA or your data, distil it into a small RNN, make both fast, "
+         "export, benchmark and serve them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

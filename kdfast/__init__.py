@@ -1,4 +1,5 @@
-"""kdfast: a LoRA GPT-2 teacher on CoLA, distilled into a small RNN student, made fast and exported."""
+"""kdfast: a LoRA teacher (GPT-2 or any Hugging Face classifier) on CoLA or your data, distilled into a small RNN
+student, made fast, exported and served."""
 
 from __future__ import annotations
 
