@@ -8,7 +8,7 @@ For a teacher run: export fp32 and optimized ONNX (with export's parity checks),
 nodes ranked by sensitivity and kept fp32 one step at a time until the rule holds on the held-out sentences), and
 measure each on the whole dev set. Agreement is against the fp32 ONNX model, which export checked equal to PyTorch
 on every dev label. For GPT-2 (``--gpt2``: ``GPT2Config()``, 124M, random weights, the real GPT-2 tokenizer from
-../shared) ranking 49 nodes of a 500 MB model would take most of an hour here, so its fallback candidates keep the
+tests/data) ranking 49 nodes of a 500 MB model would take most of an hour here, so its fallback candidates keep the
 score head and then the last layers' weight products fp32, in graph order from the end: their speed is what a
 ranking would give within the spread of which nodes it picks. Where Optimum installs, its ``ORTQuantizer`` dynamic
 int8 (``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)``) is measured beside them.
