@@ -16,7 +16,6 @@ student shape and random weights (latency does not depend on the weights) over a
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch._dynamo
 
 from kdfast.batching import pad_batch
 from kdfast.bench.measure import git_commit, machine
+from kdfast.bench.report import append_csv
 from kdfast.data import load_dataset
 from kdfast.train.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
 
@@ -49,16 +49,6 @@ def time_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                 sync()
                 times.append(time.perf_counter() - start)
     return times
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"batch {batch_size:>3}  {variant:<9} median {median * 1e3:8.3f} ms  "
                   f"{batch_size / median:9.1f} sentences/s  x{base / median:.2f} vs nn"
                   + (f"  (compile ~{compile_s:.0f} s, excluded)" if variant == "compiled" else ""), flush=True)
-        append_rows(args.csv, rows)  # a run cut short keeps the batch sizes it measured
+        append_csv(args.csv, rows, FIELDS)  # a run cut short keeps the batch sizes it measured
     print(f"rows appended to {args.csv}")
 
 

@@ -21,7 +21,6 @@ of benchmarks/gpu_check.sh, whose numbers are the interpreter's.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.metadata
 import statistics
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from kdfast.bench.measure import git_commit, machine
+from kdfast.bench.report import append_csv
 from kdfast.train.lora import inject_lora, lora_layers, merge_lora, set_fused, unmerge_lora
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_e2e.csv"
@@ -70,16 +70,6 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repea
         sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                          "vs_unmerged": round(speedup, 3), "max_abs_diff": f"{diff:.3g}", "ok": ok})  # fmt: skip
             print(f"batch {batch:>3}  {variant:<9} median {ms:9.3f} ms  {batch / ms * 1e3:9.1f} sequences/s  "
                   f"x{speedup:.2f} vs unmerged  max |logits diff| {diff:.2e}{'' if ok else '  TOO FAR'}", flush=True)
-        append_rows(args.csv, rows)
+        append_csv(args.csv, rows, FIELDS)
     print(f"rows appended to {args.csv}")
     if failed:
         raise SystemExit("bench_teacher_e2e: " + "; ".join(failed))

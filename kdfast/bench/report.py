@@ -176,3 +176,15 @@ def meta_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if host_a != host_b:
         diffs.append(f"host: {host_a} vs {host_b}")
     return diffs
+
+
+def append_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """Append ``rows`` to the CSV at ``path`` (columns ``fields``), writing the header when the file is new: the
+    benchmark scripts' results files grow run by run, and a run cut short keeps the rows it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
