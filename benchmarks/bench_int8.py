@@ -91,10 +91,12 @@ def gpt2_source() -> ExportSource:
                         save_preprocessing=lambda folder: None, optimizer_type="gpt2", num_heads=12, hidden_size=768)
 
 
-def build_candidates(tuner: Tuner, ranked: bool, max_fp32: int) -> list[Candidate]:
-    """The tuner's own loop (``ranked``), or, for GPT-2, fallbacks from the end of the graph."""
+def build_candidates(tuner: Tuner, ranked: bool, max_fp32: int) -> dict[str, Any]:
+    """The tuner's own search (``ranked``), or, for GPT-2, fallbacks from the end of the graph; the candidates, the
+    tuner's pick and why a recipe was not searched further."""
     if ranked:
-        return tuner.run()["candidates"]
+        found = tuner.run()
+        return found | {"winner": found["winner"].name if found["winner"] else None}
     out = []
     for recipe in tuner.cfg.recipes:
         nodes = tuner.nodes(recipe)
@@ -102,7 +104,7 @@ def build_candidates(tuner: Tuner, ranked: bool, max_fp32: int) -> list[Candidat
             if k <= len(nodes):
                 print(f"  {recipe} +fp32:{k}", flush=True)
                 out.append(tuner.candidate(recipe, nodes[len(nodes) - k:]))
-    return out
+    return {"candidates": out, "winner": None, "not_searched": {}}
 
 
 def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Config, threads: int, ranked: bool,
@@ -114,7 +116,8 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
     work = Path(tempfile.mkdtemp(prefix="bench-int8-"))
     start = time.time()
     tuner = Tuner(inputs, data, cfg, work, print)
-    candidates = build_candidates(tuner, ranked, max_fp32)
+    found = build_candidates(tuner, ranked, max_fp32)
+    candidates: list[Candidate] = found["candidates"]
     tuning_s = time.time() - start
     files = {"fp32": folder / MODEL_FILES["fp32"], "optimized": folder / MODEL_FILES["optimized"]}
     files |= {c.name: tuner.files[c.name] for c in candidates if not c.error}
@@ -142,11 +145,14 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
         row |= {"tuning_agreement": c.agreement if c else None,
                 "held_out_agreement": c.agreement_held_out if c else None,
                 "perturbed_agreement": c.agreement_perturbed if c else None,
+                "tuning_agreement_lower": c.agreement_lower if c else None,
                 "held_out_mcc_drop": c.mcc_drop if c else None, "passed_tuning": c.passed if c else None,
                 "kept_fp32": c.kept_fp32 if c else []}
     return {"model": name, "rows": list(rows.values()), "errors": {c.name: c.error for c in candidates if c.error},
-            "notes": notes, "tuning_s": tuning_s, "dev_sentences": len(dev),
-            "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop},
+            "notes": notes, "tuning_s": tuning_s, "dev_sentences": len(dev), "winner": found["winner"],
+            "not_searched": found["not_searched"],
+            "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop,
+                     "confidence": cfg.confidence},
             "calibration": cfg.calibration, "held_out": cfg.held_out, "threads": threads,
             "timed_sentences": timed, "rounds": rounds}
 
@@ -202,21 +208,27 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{result['held_out']} training sentences; rule ≥ {result['rule']['min_agreement']:.0%} agreement, "
              f"|Δ MCC| ≤ {result['rule']['max_mcc_drop']}; tuning took {result['tuning_s']:.0f} s.", "",
              f"Dev: {result['dev_sentences']} sentences. Tuning agreement: held-out training sentences + perturbed "
-             "copies (held-out / perturbed apart); tuning verdict: the rule on those (the tuner stops a recipe's "
-             "fallback at its first pass).", "",
+             "copies (held-out / perturbed apart), and its lower confidence bound (Wilson, "
+             f"{result['rule'].get('confidence', 0.95):.0%}), which the rule judges; the tuner searches a failing "
+             "recipe's fallbacks only while they are faster than a passing candidate, and keeps the fastest that "
+             f"passes: **{result.get('winner') or 'none'}**.", "",
              "| model | MB | b1 p50 ms | b1 vs fp32 | b32 p50 ms | b32 vs fp32 | tuning agreement (held-out / "
-             "perturbed) | tuning verdict | dev agreement | dev MCC | dev Δ MCC | fp32 nodes |",
+             "perturbed), bound | tuning verdict | dev agreement | dev MCC | dev Δ MCC | fp32 nodes |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         tuning = verdict = ""
         if r["tuning_agreement"] is not None:
             tuning = (f"{r['tuning_agreement']:.2%} ({r['held_out_agreement']:.2%} / "
                       f"{r['perturbed_agreement']:.2%})")
+            if r.get("tuning_agreement_lower") is not None:
+                tuning += f", ≥ {r['tuning_agreement_lower']:.2%}"
             verdict = "pass" if r["passed_tuning"] else "fail"
         lines.append(f"| {r['model']} | {r['mb']:.1f} | {r['b1_p50_ms']:.3g} | {r['b1_vs_fp32']:.2f}x | "
                      f"{r['b32_p50_ms']:.3g} | {r['b32_vs_fp32']:.2f}x | {tuning} | {verdict} | "
                      f"{r['dev_agreement']:.2%} | {r['dev_mcc']:.4f} | {-r['dev_mcc_drop']:+.4f} | "
                      f"{len(r['kept_fp32'])} |")
+    for k, v in result.get("not_searched", {}).items():
+        lines.append(f"\n{k}: not searched further: {v}")
     for k, v in {**result["errors"], **result["notes"]}.items():
         lines.append(f"\n{k}: {v}")
     return "\n".join(lines) + "\n"

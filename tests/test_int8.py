@@ -17,14 +17,16 @@ from kdfast.data import Dataset, Example, load_dataset
 from kdfast.export.int8 import (
     RECIPES,
     CalibrationSet,
+    Candidate,
     Int8Config,
-    UnpaddedReader,
-    calibrate,
+    Tuner,
     fallback_steps,
     sentences_sha256,
     session,
+    wilson_lower,
 )
 from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, run
+from kdfast.export.quantize import UnpaddedReader, calibrate, gemm_as_matmul, quantize_blockwise_file, weight_nodes
 
 pytest.importorskip("onnxruntime")
 
@@ -70,7 +72,8 @@ def test_tuning_picks_a_candidate_and_records_it(tuned: tuple[Path, dict[str, An
     # the fastest of those that passed
     assert winner["p50_b1_ms"] == min(c["p50_b1_ms"] for c in int8["candidates"] if c["passed"])
     assert int8["kept_fp32"] == winner["kept_fp32"] and int8["recipe"] == winner["recipe"]
-    assert int8["rule"] == {"min_agreement": 0.99, "max_mcc_drop": 0.01, "metric": "mcc"}
+    assert int8["rule"] == {"min_agreement": 0.99, "max_mcc_drop": 0.01, "metric": "mcc", "confidence": 0.95}
+    assert winner["agreement_lower"] >= 0.99 and winner["agreement_lower"] < winner["agreement"]
     cal = int8["calibration"]
     assert cal["split"] == "train" and cal["sentences"] == 64 and cal["held_out"] == 300
     assert len(cal["sha256"]) == 64 and cal["sha256"] != cal["held_out_sha256"]
@@ -279,3 +282,111 @@ def test_three_classes(tmp_path: Path) -> None:
     got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
     assert got[0].shape == (1, 3)
     assert all(0 <= c["agreement"] <= 1 for c in report["candidates"] if not c["error"])
+
+
+def test_wilson_lower_bound() -> None:
+    """The rule's bound is the score interval's lower end: the p below the observed share where the observed share
+    is z standard errors (at p) away, found here by bisection rather than by the closed form."""
+    z = 1.6448536  # one-sided 95%
+    for k, n in ((1982, 2000), (1992, 2000), (300, 300), (95, 100)):
+        share, lo, hi = k / n, 0.0, k / n
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if n * (share - mid) ** 2 > z * z * mid * (1 - mid) else (lo, mid)
+        assert wilson_lower(k, n, 0.95) == pytest.approx(lo, abs=1e-7)
+    assert wilson_lower(99, 100, 0.95) < wilson_lower(990, 1000, 0.95) < 0.99
+    assert wilson_lower(0, 0, 0.95) == 0.0
+
+
+def test_gemm_as_matmul_is_the_same_model(teacher_run: Path, tmp_path: Path) -> None:
+    """GPT-2 exports its Conv1D products as Gemm; written as MatMul + Add they give the same logits, keep the Gemm's
+    names, and blockwise int8 then quantizes them."""
+    import onnx
+
+    out = tmp_path / "onnx"
+    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
+    src, dst = out / "model.onnx", tmp_path / "matmul.onnx"
+    gemms = weight_nodes(src, ("Gemm",))
+    assert gemms and gemm_as_matmul(src, dst) == len(gemms)
+    assert set(gemms) <= set(weight_nodes(dst, ("MatMul",))) and not weight_nodes(dst, ("Gemm",))
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 100, (3, 7)), "attention_mask": np.ones((3, 7), dtype=np.int64)}
+    want = session(src).run(["logits"], feeds)[0]
+    got = session(dst).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # fp32 both: only the summation order may differ
+    quantize_blockwise_file(dst, tmp_path / "blockwise.onnx", 32, exclude=gemms[:1])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "blockwise.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == len(weight_nodes(dst, ("MatMul",))) - 1  # all but the one excluded
+    blockwise = session(tmp_path / "blockwise.onnx").run(["logits"], feeds)[0]
+    assert np.abs(blockwise - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close, not equal
+
+
+def test_blockwise_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Blockwise int8 scales each token's activations alone, so a sentence gets the same logits alone and padded in
+    a batch beside longer sentences; dynamic int8's one scale per call is set by the whole batch (the contrast shows
+    the check can fail)."""
+    from kdfast.export.quantize import quantize_dynamic_file
+
+    out, manifest = tuned
+    gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
+    quantize_blockwise_file(tmp_path / "matmul.onnx", tmp_path / "blockwise.onnx", 32, exclude=[])
+    quantize_dynamic_file(out / "model.onnx", tmp_path / "dynamic.onnx", exclude=[])
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(1, 1000, n).tolist() for n in (5, 9, 17, 33, 4, 12)]
+    ids, mask = pad_batch(rows, manifest["source_run"]["preprocessing"]["pad_id"])
+
+    def alone_and_batched(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        sess = session(path)
+        alone = np.concatenate([sess.run(["logits"], {"input_ids": np.array([r]),
+                                                      "attention_mask": np.ones((1, len(r)), np.int64)})[0]
+                                for r in rows])
+        return alone, sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+    alone, batched = alone_and_batched(out / "model.onnx")  # fp32: padding changes nothing
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    alone, batched = alone_and_batched(tmp_path / "blockwise.onnx")
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    alone, batched = alone_and_batched(tmp_path / "dynamic.onnx")
+    assert np.abs(batched - alone).max() > 1e-3
+
+
+class ScriptedTuner(Tuner):
+    """The search alone: each candidate's verdict and speed scripted by name, nothing built or run."""
+
+    def __init__(self, script: dict[str, tuple[bool, float]], cfg: Int8Config) -> None:
+        self.script, self.cfg, self.say, self.built = script, cfg, lambda *a: None, []
+
+    def nodes(self, recipe: str) -> list[str]:
+        return [f"{recipe}/n{i}" for i in range(8)]
+
+    def rank(self, recipe: str) -> list[tuple[str, float]]:
+        return [(n, 1.0 / (i + 1)) for i, n in enumerate(self.nodes(recipe))]
+
+    def candidate(self, recipe: str, exclude: Any) -> Candidate:
+        name = recipe + (f"+fp32:{len(exclude)}" if exclude else "")
+        self.built.append(name)
+        passed, _ = self.script[name]
+        return Candidate(name=name, recipe=recipe, source="model.onnx", kept_fp32=list(exclude), passed=passed,
+                         agreement=0.995 if passed else 0.9, agreement_lower=0.99 if passed else 0.89, mcc_drop=0.0)
+
+    def time(self, candidates: list[Candidate]) -> None:
+        for c in candidates:
+            c.speedup_b1 = self.script[c.name][1]
+            c.p50_b1_ms = 1.0 / c.speedup_b1
+
+
+def test_the_search_skips_what_cannot_beat_a_passing_candidate() -> None:
+    """Fastest failing recipe searched first, and only while faster than the best that passed; a recipe slower than
+    a passing one as it is is never searched; the fastest passing candidate wins."""
+    script = {"fast": (False, 4.0), "fast+fp32:1": (False, 3.5), "fast+fp32:2": (True, 3.0),
+              "mid": (True, 2.0),
+              "slowfail": (False, 1.5),
+              "other": (False, 3.2), "other+fp32:1": (False, 3.1), "other+fp32:2": (False, 2.9)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("mid", "slowfail", "other", "fast")))  # type: ignore[arg-type]
+    found = tuner.run()
+    assert found["winner"].name == "fast+fp32:2"
+    assert tuner.built == ["mid", "slowfail", "other", "fast", "fast+fp32:1", "fast+fp32:2",
+                           "other+fp32:1", "other+fp32:2"]  # other stopped at 2.9x < 3.0x; slowfail never searched
+    assert set(found["ranking"]) == {"fast", "other"}
+    assert "no faster than a passing candidate" in found["not_searched"]["slowfail"]
+    assert found["not_searched"]["other"].startswith("stopped at other+fp32:2")
