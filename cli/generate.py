@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from kdfast.cli import options
 from kdfast.cli.main import app
 
 
@@ -21,7 +22,7 @@ def generate(
     num_return_sequences: int = typer.Option(1, help="Continuations of the prompt, generated as one batch."),
     stream: bool = typer.Option(False, help="Print the text as it is generated (one sequence)."),
     ignore_eos: bool = typer.Option(False, help="Do not stop at the end-of-text token: exactly --max-new-tokens."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = options.DEVICE,
 ) -> None:
     """Continue a prompt (with the KV cache). Prints prompt + continuation on stdout and the speed on stderr."""
     from kdfast.generate import GenerateConfig

@@ -21,8 +21,8 @@ def pipeline_command(
     out: Path = typer.Option(Path("runs"), help="Folder for every stage's run folder and the bench results."),
     preset: str = typer.Option("quick", help="quick: minutes on a CPU with a small backbone; full: docs/results.md's "
                                              "results."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0),
+    device: str = options.DEVICE,
+    seed: int = options.SEED,
     progress: bool = typer.Option(True, help="Show the progress display."),
 ) -> None:
     """Everything, once: teacher, students, ONNX export (fp32 and int8) and the benchmark. Re-running resumes:

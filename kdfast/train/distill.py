@@ -58,7 +58,7 @@ from torch import nn
 from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_dataset, subsample
 from kdfast.errors import KdfastError, first_line, require
-from kdfast.metrics import SELECT_BY, best_summary, improves
+from kdfast.metrics import best_summary, improves
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -85,7 +85,14 @@ from kdfast.train.student import (
     save_student,
 )
 from kdfast.train.teacher import encode, load_teacher, score_dev, teacher_outputs
-from kdfast.train.training import adamw_with_warmup, check_finite, optimizer_step, progress_bar, seed_everything
+from kdfast.train.training import (
+    adamw_with_warmup,
+    check_finite,
+    common_checks,
+    optimizer_step,
+    progress_bar,
+    seed_everything,
+)
 
 CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
@@ -130,15 +137,11 @@ class ScratchConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+        require([
+            *common_checks(self),
             (self.max_length >= 1, f"--max-length must be at least 1, got {self.max_length}"),
             (self.min_freq >= 1, f"--min-freq must be at least 1, got {self.min_freq}"),
-            (self.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}"),
-        ]
-        require(checks)
+        ])
         self.student_config(vocab_size=3, num_labels=2).validate()
 
     def student_config(self, vocab_size: int, num_labels: int) -> StudentConfig:

@@ -25,7 +25,7 @@ from torch import nn
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
 from kdfast.data import Dataset, load_dataset, subsample
 from kdfast.errors import KdfastError, first_line, require
-from kdfast.metrics import SELECT_BY, best_summary, improves, score_logits
+from kdfast.metrics import best_summary, improves, score_logits
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -47,7 +47,14 @@ from kdfast.train.lora import (
     set_fused,
     unwrap_merged,
 )
-from kdfast.train.training import adamw_with_warmup, check_finite, optimizer_step, progress_bar, seed_everything
+from kdfast.train.training import (
+    adamw_with_warmup,
+    check_finite,
+    common_checks,
+    optimizer_step,
+    progress_bar,
+    seed_everything,
+)
 
 
 @dataclass
@@ -80,17 +87,13 @@ class TeacherConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+        require([
+            *common_checks(self),
             (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be positive, got {self.alpha}"),
             (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
-            (self.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}"),
-        ]
-        require(checks)
+        ])
         check_model_name(self.model)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kdfast.errors import KdfastError
+from kdfast.metrics import SELECT_BY
+
+
+def common_checks(cfg: Any) -> list[tuple[bool, str]]:
+    """The option checks every training command shares (``kdfast.errors.require`` form): its ``epochs``, ``lr``,
+    ``batch_size`` and ``select_by``."""
+    return [
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.select_by in SELECT_BY, f"--select-by must be one of {', '.join(SELECT_BY)}, got {cfg.select_by!r}"),
+    ]
 
 
 def resolve_device(device: str) -> torch.device:
