@@ -390,3 +390,20 @@ def test_the_search_skips_what_cannot_beat_a_passing_candidate() -> None:
     assert set(found["ranking"]) == {"fast", "other"}
     assert "no faster than a passing candidate" in found["not_searched"]["slowfail"]
     assert found["not_searched"]["other"].startswith("stopped at other+fp32:2")
+
+
+def test_the_rule_is_judged_on_the_lower_bound() -> None:
+    """99.3% of 1,000 sentences agree: above 99% as a share, below it as a 95% lower bound, so the candidate fails;
+    at a confidence of one half the bound is the share itself and it passes."""
+    from kdfast.export.int8 import judge
+
+    want = np.tile([[0.0, 1.0]], (1000, 1))  # fp32 says class 1 everywhere
+    got = want.copy()
+    got[:7] = [1.0, 0.0]  # int8 flips 7
+    labels = np.ones(1000, dtype=int)
+    strict, loose = Candidate("c", "dynamic", "model.onnx"), Candidate("c", "dynamic", "model.onnx")
+    judge(strict, got, want, labels, Int8Config())
+    judge(loose, got, want, labels, Int8Config(confidence=0.5))
+    assert strict.agreement == loose.agreement == 0.993
+    assert strict.agreement_lower < 0.99 and not strict.passed
+    assert loose.agreement_lower == pytest.approx(0.993) and loose.passed
