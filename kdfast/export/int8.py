@@ -373,9 +373,12 @@ class Tuner:
         fp32 (INC's ``mse_v2``), most sensitive first."""
         nodes = self.nodes(recipe)
         tmp = self.workdir / f"rank-{recipe}.onnx"
+        start = time.perf_counter()
         self.build(recipe, [], tmp)
         full = float(((logits(session(tmp), self.rank_ids, self.inputs.pad_id, self.cfg.batch_size)
                        - self.want_rank) ** 2).mean())
+        self.say(f"int8: ranking {recipe}'s {len(nodes)} nodes by sensitivity, one model each: about "
+                 f"{len(nodes) * (time.perf_counter() - start) / 60:.1f} min")
         gains = []
         for node in nodes:
             self.build(recipe, [node], tmp)
@@ -406,7 +409,6 @@ class Tuner:
                 skipped[bare.recipe] = (f"{bare.speedup_b1:.2f}x fp32 as it is, no faster than a passing candidate "
                                         f"({best:.2f}x)")
                 continue
-            self.say(f"int8: ranking {bare.recipe}'s {len(self.nodes(bare.recipe))} nodes by sensitivity")
             ranked = self.rank(bare.recipe)
             ranking[bare.recipe] = [{"node": n, "mse_gain": g} for n, g in ranked]
             limit = len(ranked) * 3 // 4 if cfg.max_fp32_nodes is None else cfg.max_fp32_nodes
