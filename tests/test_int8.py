@@ -407,3 +407,35 @@ def test_the_rule_is_judged_on_the_lower_bound() -> None:
     assert strict.agreement == loose.agreement == 0.993
     assert strict.agreement_lower < 0.99 and not strict.passed
     assert loose.agreement_lower == pytest.approx(0.993) and loose.passed
+
+
+def test_gemm_as_matmul_handles_transposed_shared_weights(tmp_path: Path) -> None:
+    """nn.Linear on 2-D input exports as Gemm with transB=1; two Gemms sharing that weight get one transposed copy;
+    a Gemm without a bias becomes a MatMul alone; alpha != 1 is left as it is. Same outputs as before."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 4)).astype(np.float32)  # (out, in): transB=1
+    v = rng.standard_normal((5, 3)).astype(np.float32)  # (in, out): transB=0
+    b = rng.standard_normal(5).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h1"], name="first", transB=1),
+         helper.make_node("Gemm", ["x", "w"], ["h2"], name="second", transB=1),
+         helper.make_node("Add", ["h1", "h2"], ["h"]),
+         helper.make_node("Gemm", ["h", "v"], ["y"], name="third"),
+         helper.make_node("Gemm", ["h", "v"], ["z"], name="scaled", alpha=0.5)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v"), numpy_helper.from_array(b, "b")])
+    src, dst = tmp_path / "gemm.onnx", tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert gemm_as_matmul(src, dst) == 3
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.initializer].count("w_t") == 1
+    assert weight_nodes(dst, ("MatMul",)) == ["first", "second", "third"] and weight_nodes(dst, ("Gemm",)) == ["scaled"]
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    for a, c in zip(session(src).run(None, {"x": x}), session(dst).run(None, {"x": x}), strict=True):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)

@@ -188,6 +188,7 @@ def gemm_as_matmul(src: Path, dst: Path) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     nodes, rewritten = [], 0
+    transposed: dict[str, str] = {}  # weight -> its transposed copy, made once however many Gemms share it
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
@@ -196,10 +197,12 @@ def gemm_as_matmul(src: Path, dst: Path) -> int:
             continue
         weight = inits[node.input[1]]
         if attrs.get("transB", 0):
-            transposed = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T),
-                                                 f"{weight.name}_t")
-            graph.initializer.append(transposed)
-            weight_name = transposed.name
+            if weight.name not in transposed:
+                copy = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T),
+                                               f"{weight.name}_t")
+                graph.initializer.append(copy)
+                transposed[weight.name] = copy.name
+            weight_name = transposed[weight.name]
         else:
             weight_name = weight.name
         has_bias = len(node.input) > 2 and node.input[2] != ""
