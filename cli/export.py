@@ -109,10 +109,10 @@ def export_command(
     optimize: bool = typer.Option(False, "--optimize", help="Also model.opt.onnx: ONNX Runtime's transformer "
                                                             "optimizer."),
     int8: bool = typer.Option(False, "--int8", help="Also model.int8.onnx: the fastest int8 candidate (dynamic, "
-                                                    "static QDQ, some nodes kept fp32) that holds the rule, for the "
-                                                    "CPU."),
-    int8_min_agreement: float = typer.Option(0.99, help="int8 rule: share of labels equal to fp32's (held-out "
-                                                        "training sentences, then dev)."),
+                                                    "blockwise, static QDQ, some nodes kept fp32) that holds the "
+                                                    "rule, for the CPU."),
+    int8_min_agreement: float = typer.Option(0.99, help="int8 rule: share of labels equal to fp32's, shown with 95% "
+                                                        "confidence on held-out training sentences, then met on dev."),
     int8_max_drop: float = typer.Option(0.01, help="int8 rule: max |Δ MCC| against fp32 (held-out training "
                                                    "sentences, then dev)."),
     int8_calibration: int = typer.Option(300, help="int8: training sentences that calibrate the activation ranges "

@@ -281,8 +281,8 @@ def test_three_classes(tmp_path: Path) -> None:
     assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
     got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
     assert got[0].shape == (1, 3)
-    assert all(0 <= c["agreement"] <= 1 for c in report["candidates"])
     assert not [c["error"] for c in report["candidates"] if c["error"]]  # blockwise too: the head's Gemm
+    assert all(0 <= c["agreement"] <= 1 for c in report["candidates"])
 
 
 def test_wilson_lower_bound() -> None:
@@ -294,9 +294,9 @@ def test_wilson_lower_bound() -> None:
         for _ in range(100):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if n * (share - mid) ** 2 > z * z * mid * (1 - mid) else (lo, mid)
-        assert wilson_lower(k, n, 0.95) == pytest.approx(lo, abs=1e-7)
-    assert wilson_lower(99, 100, 0.95) < wilson_lower(990, 1000, 0.95) < 0.99
-    assert wilson_lower(0, 0, 0.95) == 0.0
+        assert wilson_lower(k / n, n, 0.95) == pytest.approx(lo, abs=1e-7)
+    assert wilson_lower(0.99, 100, 0.95) < wilson_lower(0.99, 1000, 0.95) < 0.99
+    assert wilson_lower(1.0, 0, 0.95) == 0.0
 
 
 def test_gemm_as_matmul_is_the_same_model(teacher_run: Path, tmp_path: Path) -> None:
@@ -395,7 +395,7 @@ def test_the_search_skips_what_cannot_beat_a_passing_candidate() -> None:
 
 def test_the_rule_is_judged_on_the_lower_bound() -> None:
     """99.3% of 1,000 sentences agree: above 99% as a share, below it as a 95% lower bound, so the candidate fails;
-    at a confidence of one half the bound is the share itself and it passes."""
+    at a confidence of one half the bound is the share itself and it passes; a rule of 100% is judged on the share."""
     from kdfast.export.int8 import judge
 
     want = np.tile([[0.0, 1.0]], (1000, 1))  # fp32 says class 1 everywhere
@@ -408,6 +408,32 @@ def test_the_rule_is_judged_on_the_lower_bound() -> None:
     assert strict.agreement == loose.agreement == 0.993
     assert strict.agreement_lower < 0.99 and not strict.passed
     assert loose.agreement_lower == pytest.approx(0.993) and loose.passed
+    exact = Candidate("c", "dynamic", "model.onnx")
+    judge(exact, want, want, labels, Int8Config(min_agreement=1.0))
+    assert exact.agreement == 1.0 and exact.agreement_lower < 1 and exact.passed
+
+
+def test_the_bound_counts_a_sentence_and_its_perturbed_copy_once() -> None:
+    """1,000 held-out sentences and 1,000 perturbed copies: the bound is that of 1,000 observations."""
+    from kdfast.export.int8 import judge
+
+    want = np.tile([[0.0, 1.0]], (2000, 1))
+    got = want.copy()
+    got[1000:1008] = [1.0, 0.0]  # 8 copies flip: 99.6% of 2,000
+    c = Candidate("c", "dynamic", "model.onnx")
+    judge(c, got, want, np.ones(1000, dtype=int), Int8Config())
+    assert c.agreement == 0.996 and c.agreement_lower == pytest.approx(wilson_lower(0.996, 1000, 0.95))
+    assert c.agreement_lower < wilson_lower(0.996, 2000, 0.95)
+
+
+def test_a_rule_too_few_sentences_can_prove_fails_before_any_work(teacher_run: Path, tmp_path: Path) -> None:
+    """200 held-out sentences cannot show 99% at 95% confidence even with no flip: the export says so and how many
+    it needs, builds nothing and writes nothing."""
+    out = tmp_path / "onnx"
+    with pytest.raises(ParityError, match=r"200 held-out training sentences cannot show 99\.0%.*needs 268") as failure:
+        run(ExportConfig(run_dir=teacher_run, out=out, int8=True, int8_tuning=Int8Config(held_out=200),
+                         max_check_sentences=16, progress=False))
+    assert not out.exists() and failure.value.manifest["int8"]["candidates"] == []
 
 
 def test_gemm_as_matmul_handles_transposed_shared_weights(tmp_path: Path) -> None:

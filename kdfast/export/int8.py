@@ -222,26 +222,30 @@ def logits(sess: Any, ids: list[list[int]], pad_id: int, batch_size: int) -> np.
 def judge(c: Candidate, got: np.ndarray, want: np.ndarray, labels: np.ndarray, cfg: Int8Config) -> None:
     """Agreement (argmax equality, any number of classes) over every judged sentence and its lower confidence
     bound, MCC and its change against fp32 on the first ``len(labels)`` (the labelled held-out originals), and the
-    verdict: the bound must reach ``min_agreement``."""
+    verdict: the bound must reach ``min_agreement`` (a rule of 1, no flip at all, is judged on the share itself).
+
+    The bound counts ``len(labels)`` observations, not every judged sentence: a perturbed copy is not independent
+    of its original, so each pair counts once (the conservative reading)."""
     same = got.argmax(-1) == want.argmax(-1)
     n = len(labels)
     c.agreement, c.agreement_held_out = float(same.mean()), float(same[:n].mean())
-    c.agreement_lower = wilson_lower(int(same.sum()), len(same), cfg.confidence)
+    c.agreement_lower = wilson_lower(c.agreement, n, cfg.confidence)
     c.agreement_perturbed = float(same[n:].mean()) if len(same) > n else float("nan")
     got, want = got[:n], want[:n]
     c.mcc = mcc(got.argmax(-1), labels)
     c.mcc_drop = mcc(want.argmax(-1), labels) - c.mcc
     c.mse = float(((got - want) ** 2).mean())
-    c.passed = c.agreement_lower >= cfg.min_agreement and abs(c.mcc_drop) <= cfg.max_drop
+    holds = c.agreement == 1.0 if cfg.min_agreement >= 1 else c.agreement_lower >= cfg.min_agreement
+    c.passed = holds and abs(c.mcc_drop) <= cfg.max_drop
 
 
-def wilson_lower(successes: int, n: int, confidence: float) -> float:
-    """The one-sided lower bound of a binomial proportion at ``confidence`` (Wilson's score interval): with 2,000
-    sentences, 99.1% observed gives 98.7%, 99.6% gives 99.3%; no flips in 300 gives 99.1%."""
+def wilson_lower(share: float, n: int, confidence: float) -> float:
+    """The one-sided lower bound at ``confidence`` of a proportion observed as ``share`` of ``n`` (Wilson's score
+    interval): with n = 1,000, 99.1% observed gives 98.5%, 99.6% gives 99.2%; no flip in 300 gives 99.1%."""
     if n == 0:
         return 0.0
     z = statistics.NormalDist().inv_cdf(confidence)
-    p = successes / n
+    p = share
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return (centre - spread) / (1 + z * z / n)
@@ -321,8 +325,9 @@ class Tuner:
         return self.inputs.fp32
 
     def nodes(self, recipe: str) -> list[str]:
-        ops = DYNAMIC_OPS if recipe == "dynamic" else BLOCKWISE_OPS if recipe.startswith("blockwise-") else STATIC_OPS
-        return weight_nodes(self.source(recipe), ops)
+        if recipe.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
+            return weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
+        return weight_nodes(self.source(recipe), DYNAMIC_OPS if recipe == "dynamic" else STATIC_OPS)
 
     def cache(self, recipe: str) -> Path:
         """The recipe's activation ranges, calibrated once on the unpadded calibration sentences."""
@@ -467,6 +472,18 @@ def fallback_steps(n: int) -> list[int]:
     return steps if not steps or steps[-1] == n else [*steps, n]
 
 
+def unprovable(n: int, cfg: Int8Config) -> str | None:
+    """Why ``n`` held-out sentences cannot prove the rule even if int8 kept every label, or None when they can."""
+    if cfg.min_agreement >= 1 or wilson_lower(1.0, n, cfg.confidence) >= cfg.min_agreement:
+        return None
+    z = statistics.NormalDist().inv_cdf(cfg.confidence)
+    needed = math.ceil(z * z * cfg.min_agreement / (1 - cfg.min_agreement))  # where the bound of 100% reaches it
+    return (f"int8: {n} held-out training sentences cannot show {cfg.min_agreement:.1%} agreement with fp32 at "
+            f"{cfg.confidence:.0%} confidence even if int8 kept every label (the bound would be "
+            f"{wilson_lower(1.0, n, cfg.confidence):.2%}); it needs {needed} beyond the {cfg.calibration} calibration "
+            "sentences: train on more data, lower --int8-min-agreement, or export without --int8")
+
+
 class Int8RuleError(KdfastError):
     """No candidate held the rule; ``report`` holds every candidate's numbers, for the table."""
 
@@ -483,21 +500,26 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
 
     cfg.validate()
     data = CalibrationSet.draw(train, cfg.calibration, cfg.held_out, cfg.seed, cfg.perturbed)
+    report: dict[str, Any] = {
+        "method": "accuracy-aware: the fastest candidate that holds the rule on held-out training sentences",
+        "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
+                 "confidence": cfg.confidence},
+        "calibration": {"split": "train", "seed": cfg.seed, "sentences": len(data.calibration),
+                        "sha256": sentences_sha256([e.text for e in data.calibration]),
+                        "held_out": len(data.held_out),
+                        "held_out_sha256": sentences_sha256([e.text for e in data.held_out]),
+                        "perturbed": len(data.perturbed), "read_sha256": sentences_sha256([]), "read": 0,
+                        "padding": "none: each calibration sentence fed alone, cut to its mask"},
+        "candidates": [], "ranking": {}, "not_searched": {}, "winner": None,
+    }
+    if (why := unprovable(len(data.held_out), cfg)) is not None:
+        raise Int8RuleError(why, report)  # before any work; nothing was read
     with tempfile.TemporaryDirectory(prefix="kdfast-int8-") as tmp:
         tuner = Tuner(inputs, data, cfg, Path(tmp), say)
         found = tuner.run()
         winner: Candidate | None = found["winner"]
-        report: dict[str, Any] = {
-            "method": "accuracy-aware: the fastest candidate that holds the rule on held-out training sentences",
-            "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
-                     "confidence": cfg.confidence},
-            "calibration": {"split": "train", "seed": cfg.seed, "sentences": len(data.calibration),
-                            "sha256": sentences_sha256([e.text for e in data.calibration]),
-                            "held_out": len(data.held_out),
-                            "held_out_sha256": sentences_sha256([e.text for e in data.held_out]),
-                            "perturbed": len(data.perturbed),
-                            "read_sha256": tuner.read.sha256(), "read": len(tuner.read.sentences),
-                            "padding": "none: each calibration sentence fed alone, cut to its mask"},
+        report["calibration"] |= {"read_sha256": tuner.read.sha256(), "read": len(tuner.read.sentences)}
+        report |= {
             "candidates": [{k: None if isinstance(v, float) and v != v else v for k, v in asdict(c).items()}
                            for c in found["candidates"]],  # NaN (not measured) as null: strict JSON
             "ranking": found["ranking"],

@@ -115,15 +115,22 @@ def calibrate(model: Path, reader: UnpaddedReader, method: str, percentile: floa
     return ranges
 
 
+# --- the quantizers
 
 
-def weight_nodes(model: Path, op_types: Sequence[str]) -> list[str]:
-    """Names of the nodes of ``op_types`` that read a float initializer of rank ≥ 2: the weight products (and
-    embedding tables, LSTM weights) that quantization turns int8, in graph order."""
+def weight_nodes(model: Path, op_types: Sequence[str], weight_input: int | None = None) -> list[str]:
+    """Names of the nodes of ``op_types`` that read a float initializer of rank ≥ 2 (as input ``weight_input``
+    when given; exactly rank 2 then): the weight products (and embedding tables, LSTM weights) that quantization
+    turns int8, in graph order."""
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph
-    weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
+    floats = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    if weight_input is not None:
+        matrices = {i.name for i in floats if len(i.dims) == 2}
+        return [n.name for n in graph.node if n.op_type in op_types and len(n.input) > weight_input
+                and n.input[weight_input] in matrices]
+    weights = {i.name for i in floats if len(i.dims) >= 2}
     return [n.name for n in graph.node if n.op_type in op_types and any(i in weights for i in n.input)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,7 +16,16 @@ from kdfast.errors import KdfastError
 from kdfast.metrics import SELECT_BY
 
 
-def common_checks(cfg: Any) -> list[tuple[bool, str]]:
+class TrainingOptions(Protocol):
+    """What :func:`common_checks` reads of a training config."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    select_by: str
+
+
+def common_checks(cfg: TrainingOptions) -> list[tuple[bool, str]]:
     """The option checks every training command shares (``kdfast.errors.require`` form): its ``epochs``, ``lr``,
     ``batch_size`` and ``select_by``."""
     return [
