@@ -32,9 +32,11 @@ runs no faster than one that passed already (keeping more nodes fp32 only slows 
 passing candidate is not searched at all. The passing candidates are timed together once more and the fastest kept.
 
 A candidate passes when the rule holds with confidence, not by its point estimate: the one-sided lower confidence
-bound (Wilson score, ``confidence`` 95%) of its agreement must reach ``min_agreement``. Dev then confirms it as a
-fresh sample, by the point estimate; a candidate that passed tuning by its point estimate alone (99.1% of 2,000
-tuning sentences) kept 98.95% of dev on the MiniLM teacher, one label short of the 99% rule.
+bound (Wilson score, ``confidence`` 95%) of its agreement must reach ``min_agreement``, a held-out sentence and its
+perturbed copy counting as one observation (they are not independent). Dev then confirms it as a fresh sample, by
+the point estimate; a candidate that passed tuning by its point estimate alone (99.1% of 2,000 tuning sentences)
+kept 98.95% of dev on the MiniLM teacher, one label short of the 99% rule. The bound needs enough sentences: 268
+held-out ones at least for 99% (even with no flip), so a rule the training split cannot prove fails before any work.
 
 Calibration reads training sentences only: ``calibration`` of them set the ranges and rank the nodes, ``held_out``
 others judge the rule; every sentence read goes through one hash, recorded in the manifest. Each calibration
