@@ -61,6 +61,8 @@ def int8_table(int8: dict[str, Any]) -> Table:
 
 
 def print_int8(int8: dict[str, Any]) -> None:
+    if not int8["candidates"]:  # refused before any was built: the error line says why
+        return
     console.print(int8_table(int8))
     cal = int8["calibration"]
     console.print(f"calibration: {cal['sentences']} training sentences (sha256 {cal['sha256'][:12]}), unpadded; "
