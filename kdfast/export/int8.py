@@ -247,9 +247,8 @@ def wilson_lower(share: float, n: int, confidence: float) -> float:
     if n == 0:
         return 0.0
     z = statistics.NormalDist().inv_cdf(confidence)
-    p = share
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    centre = share + z * z / (2 * n)
+    spread = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
     return (centre - spread) / (1 + z * z / n)
 
 
@@ -310,6 +309,7 @@ class Tuner:
         self.rank_ids = self.cal_ids[: cfg.rank_sentences]
         self.want_rank = logits(fp32, self.rank_ids, inputs.pad_id, cfg.batch_size)
         self.caches: dict[str, Path] = {}
+        self.node_lists: dict[str, list[str]] = {}
         self.files: dict[str, Path] = {}
 
     # building
@@ -327,9 +327,14 @@ class Tuner:
         return self.inputs.fp32
 
     def nodes(self, recipe: str) -> list[str]:
-        if recipe.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
-            return weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
-        return weight_nodes(self.source(recipe), DYNAMIC_OPS if recipe == "dynamic" else STATIC_OPS)
+        """The recipe's quantizable nodes, read from its source once (a GPT-2 graph is 500 MB to load)."""
+        if recipe not in self.node_lists:
+            if recipe.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
+                found = weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
+            else:
+                found = weight_nodes(self.source(recipe), DYNAMIC_OPS if recipe == "dynamic" else STATIC_OPS)
+            self.node_lists[recipe] = found
+        return self.node_lists[recipe]
 
     def cache(self, recipe: str) -> Path:
         """The recipe's activation ranges, calibrated once on the unpadded calibration sentences."""
