@@ -58,6 +58,12 @@ def distill(
     plain: bool = typer.Option(False, "--plain", help="--recipe plain: Hinton's loss alone, no transfer set, no "
                                "representation terms (the first default)."),
     reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
+    transfer: Path | None = typer.Option(None, help="Your unlabeled text, more transfer set: plain text (a sentence "
+                                         "a line), or CSV/TSV/JSON Lines (--text-column); any size: streamed, "
+                                         "labelled by the teacher in parts, cached, resumed after an interruption."),
+    transfer_cache: Path | None = typer.Option(None, help="Folder of --transfer's labelled parts (default: "
+                                               "OUT/transfer_cache); a rerun keeps the parts already there."),
+    transfer_part_lines: int = typer.Option(4096, help="Lines per labelled part of --transfer."),
     cell: str = options.CELL,
     hidden: int = options.HIDDEN,
     embed_dim: int = options.EMBED_DIM,

@@ -41,6 +41,7 @@ output on them.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import Counter
@@ -104,7 +105,7 @@ from kdfast.train.training import (
     seed_everything,
 )
 from kdfast.train.transfer import CACHE_DIR as TRANSFER_CACHE_DIR
-from kdfast.train.transfer import TransferSet, label_transfer, proportional, read_part
+from kdfast.train.transfer import PART_LINES, TransferSet, label_transfer, proportional, read_part
 
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
@@ -185,6 +186,7 @@ class DistillConfig(ScratchConfig):
     plain: bool = False  # --plain: --recipe plain
     transfer: Path | None = None  # the user's unlabeled text (kdfast.train.transfer): more transfer set, streamed
     transfer_cache: Path | None = None  # where its labelled parts go (default: OUT/transfer_cache)
+    transfer_part_lines: int = PART_LINES  # texts per labelled part
     reuse_logits: Path | None = None  # another student run whose cached teacher logits may be reused
     teacher_batch_size: int = 64
 
@@ -208,6 +210,9 @@ class DistillConfig(ScratchConfig):
             (self.augment >= 0, f"--augment must be at least 0, got {self.augment}"),
             (self.feature_weight >= 0, f"--feature-weight must be at least 0, got {self.feature_weight}"),
             (self.word_weight >= 0, f"--word-weight must be at least 0, got {self.word_weight}"),
+            (self.transfer_part_lines >= 1, f"--transfer-part-lines must be at least 1, got "
+                                            f"{self.transfer_part_lines}"),
+            (self.transfer is None or Path(self.transfer).is_file(), f"--transfer {self.transfer}: no such file"),
             (self.embed_init in EMBED_INITS, f"--embed-init must be one of {', '.join(EMBED_INITS)}, "
                                              f"got {self.embed_init!r}"),
         ]
@@ -463,6 +468,11 @@ def teacher_tokenizer(teacher: Path) -> Any:
         raise KdfastError(f"{merged}: could not load the teacher's tokenizer ({first_line(e)})") from None
 
 
+def only_transfer_cache(out: Path) -> bool:
+    """``out`` is a folder with nothing but a transfer cache in it (a run interrupted after labelling began)."""
+    return out.is_dir() and {p.name for p in out.iterdir()} <= {TRANSFER_CACHE_DIR}
+
+
 # --- the stage
 
 
@@ -473,7 +483,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     distill = isinstance(cfg, DistillConfig)
     cfg.validate()
     cfg.out = Path(cfg.out)
-    check_out_dir(cfg.out, cfg.overwrite)
+    # an --out holding only the transfer cache of an interrupted run is resumed, not refused
+    own_cache = isinstance(cfg, DistillConfig) and cfg.transfer is not None and cfg.transfer_cache is None
+    check_out_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out)))
     if isinstance(cfg, DistillConfig):
         cfg.teacher = Path(cfg.teacher)
         try:
@@ -540,7 +552,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         if isinstance(cfg, DistillConfig) and cfg.transfer is not None:
             folder = cfg.transfer_cache or cfg.out / TRANSFER_CACHE_DIR
             transfer = label_transfer(cfg.teacher, cfg.transfer, cfg.text_column, folder, ctx, bar,
-                                      cfg.teacher_batch_size)
+                                      cfg.teacher_batch_size, cfg.transfer_part_lines)
             stream = Stream(transfer, vocab, cfg.max_length, *feature_stats)
             cache["transfer"] = {"file": str(cfg.transfer), "cache": str(folder), "lines": len(transfer),
                                  "labelled_now": transfer.labelled}
@@ -643,7 +655,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     if not ctx.master:  # rank 0 alone writes the run folder
         return metrics
     mode = "distill" if distill else "scratch"
-    with staged_dir(cfg.out, cfg.overwrite) as tmp:
+    with staged_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out))) as tmp:
+        if own_cache and (cfg.out / TRANSFER_CACHE_DIR).is_dir():  # the transfer cache moves into the new run folder
+            os.replace(cfg.out / TRANSFER_CACHE_DIR, tmp / TRANSFER_CACHE_DIR)
         save_student(model.cpu(), vocab, cfg.max_length, tmp)
         if scores:
             layer = cfg.word_layer_used if isinstance(cfg, DistillConfig) else None
