@@ -37,15 +37,33 @@ def distill(
     lr: float = options.STUDENT_LR,
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
+    recipe: str | None = typer.Option(None, help="Defaults for the four options below: 'words' (the default: "
+                                      "augment 4, feature weight 1, word weight 1), 'sentence' (the previous "
+                                      "default: word weight 0) or 'plain'. Options given explicitly win."),
     augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
                                        "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
                                        "(0 with --plain)."),
     feature_weight: float | None = typer.Option(None, help="Weight beta of fitting the teacher's sentence "
                                                 "representation (mean-squared error through a linear map; 0: off). "
                                                 "Default 1 (0 with --plain)."),
-    plain: bool = typer.Option(False, "--plain", help="Hinton's loss alone: no transfer set, no representation "
-                               "term (the old default; --augment and --feature-weight still win)."),
+    word_weight: float | None = typer.Option(None, help="Weight gamma of fitting the teacher's contextual word "
+                                             "vectors (each word's sub-word states averaged) with the student's "
+                                             "per-step states (cosine through a linear map; 0: off)."),
+    word_layer: int = typer.Option(-1, help="The teacher's hidden layer fitted by --word-weight (-1: the last, "
+                                   "0: its input embeddings)."),
+    embed_init: str | None = typer.Option(None, help="Initialise the student's word embeddings from the teacher: "
+                                          "'teacher' (its input embeddings, sub-words averaged), 'context' (its "
+                                          "word vectors averaged over the transfer set) or 'none'; PCA to "
+                                          "--embed-dim."),
+    plain: bool = typer.Option(False, "--plain", help="--recipe plain: Hinton's loss alone, no transfer set, no "
+                               "representation terms (the first default)."),
     reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
+    transfer: Path | None = typer.Option(None, help="Your unlabeled text, more transfer set: plain text (a sentence "
+                                         "a line), or CSV/TSV/JSON Lines (--text-column); any size: streamed, "
+                                         "labelled by the teacher in parts, cached, resumed after an interruption."),
+    transfer_cache: Path | None = typer.Option(None, help="Folder of --transfer's labelled parts (default: "
+                                               "OUT/transfer_cache); a rerun keeps the parts already there."),
+    transfer_part_lines: int = typer.Option(4096, help="Lines per labelled part of --transfer."),
     cell: str = options.CELL,
     hidden: int = options.HIDDEN,
     embed_dim: int = options.EMBED_DIM,

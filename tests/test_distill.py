@@ -13,9 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import kdfast.train.distill
+import kdfast.train.teacher
+from kdfast.errors import KdfastError
 from kdfast.train.distill import (
     CACHE_FILE,
+    DEFAULT_RECIPE,
+    RECIPES,
     DistillConfig,
     augment,
     kd_loss,
@@ -295,22 +298,22 @@ def test_feature_term_through_the_cli(monkeypatch: pytest.MonkeyPatch, capsys: p
 def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teacher_run: Path, cola_dir: Path,
                                           tmp_path: Path) -> None:
     calls = []
-    real_load = kdfast.train.distill.load_teacher
+    real_load = kdfast.train.teacher.load_teacher
 
     def counting_load(run_dir: Path, merged: bool = True) -> Any:
         calls.append(run_dir)
         return real_load(run_dir, merged)
 
-    monkeypatch.setattr(kdfast.train.distill, "load_teacher", counting_load)
+    monkeypatch.setattr(kdfast.train.teacher, "load_teacher", counting_load)
     cfg = dict(teacher=teacher_run, data=str(cola_dir), out=tmp_path / "s", epochs=2, hidden=8, embed_dim=8,
-               max_train_samples=32, augment=1, feature_weight=0.0, device="cpu", progress=False)
+               max_train_samples=32, augment=1, feature_weight=0.0, word_weight=0.0, device="cpu", progress=False)
     first = run(DistillConfig(**cfg))
     assert len(calls) == 1 and not first["teacher"]["logits_cache"]["reused"]  # once, not once per epoch
 
     def refuse(*_: Any, **__: Any) -> Any:
         raise AssertionError("the teacher was loaded again")
 
-    monkeypatch.setattr(kdfast.train.distill, "load_teacher", refuse)
+    monkeypatch.setattr(kdfast.train.teacher, "load_teacher", refuse)
     again = run(DistillConfig(**{**cfg, "overwrite": True}))  # same --out
     assert again["teacher"]["logits_cache"]["reused"]
     elsewhere = run(DistillConfig(**{**cfg, "out": tmp_path / "s2", "reuse_logits": tmp_path / "s", "lr": 1e-3}))
@@ -333,11 +336,17 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
         run(DistillConfig(**{**cfg, "out": tmp_path / "s5", "reuse_logits": tmp_path / "s", "feature_weight": 1.0}))
 
 
-def test_default_recipe_is_the_measured_winner_and_plain_is_one_flag_away() -> None:
-    assert (DistillConfig().augment, DistillConfig().feature_weight) == (4, 1.0)
-    assert (DistillConfig(plain=True).augment, DistillConfig(plain=True).feature_weight) == (0, 0.0)
+def test_default_recipe_is_the_measured_winner_and_the_old_ones_are_one_flag_away() -> None:
+    def recipe(cfg: DistillConfig) -> tuple[Any, ...]:
+        return cfg.augment, cfg.feature_weight, cfg.word_weight, cfg.embed_init
+
+    assert recipe(DistillConfig()) == tuple(RECIPES[DEFAULT_RECIPE].values())
+    assert recipe(DistillConfig(recipe="sentence")) == (4, 1.0, 0.0, "none")  # the previous default
+    assert recipe(DistillConfig(plain=True)) == recipe(DistillConfig(recipe="plain")) == (0, 0.0, 0.0, "none")
     assert DistillConfig(plain=True, augment=2).augment == 2  # an explicit value wins
-    assert DistillConfig(feature_weight=0.0).augment == 4
+    assert DistillConfig(feature_weight=0.0).augment == RECIPES[DEFAULT_RECIPE]["augment"]
+    with pytest.raises(KdfastError, match="--recipe must be one of"):
+        DistillConfig(recipe="nope").validate()
 
 
 def test_teacher_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cola_dir: Path,

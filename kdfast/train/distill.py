@@ -41,10 +41,11 @@ output on them.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from kdfast.batching import pad_batch, shuffled_batches
@@ -62,7 +62,6 @@ from kdfast.metrics import best_summary, improves
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
-    RUN_FILE,
     check_out_dir,
     read_json,
     read_run_info,
@@ -71,7 +70,8 @@ from kdfast.runs import (
     write_json,
     write_run_info,
 )
-from kdfast.train.distributed import Context, setup
+from kdfast.train.distributed import setup
+from kdfast.train.embed_init import EMBED_INITS, init_from_teacher_embeddings, init_from_word_states
 from kdfast.train.student import (
     MASK,
     DistilRNN,
@@ -84,7 +84,18 @@ from kdfast.train.student import (
     predict_logits,
     save_student,
 )
-from kdfast.train.teacher import encode, load_teacher, score_dev, teacher_outputs
+from kdfast.train.teacher import score_dev
+from kdfast.train.teacher_cache import (  # noqa: F401  (re-exported)
+    CACHE_FILE,
+    cache_key,
+    column_stats,
+    read_cache,
+    score_with_teacher,
+    standardise,
+    teacher_fingerprint,
+    teacher_texts,
+    write_cache,
+)
 from kdfast.train.training import (
     adamw_with_warmup,
     check_finite,
@@ -93,13 +104,19 @@ from kdfast.train.training import (
     progress_bar,
     seed_everything,
 )
+from kdfast.train.transfer import CACHE_DIR as TRANSFER_CACHE_DIR
+from kdfast.train.transfer import PART_LINES, TransferSet, label_transfer, proportional, read_part
 
-CACHE_FILE = "teacher_logits.safetensors"
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
 P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
-DEFAULT_RECIPE = (4, 1.0)  # (--augment, --feature-weight): the recipe measured best (README), the default
-PLAIN_RECIPE = (0, 0.0)  # --plain: Hinton's loss alone
+# --recipe: the values of --augment, --feature-weight, --word-weight and --embed-init that flags left unset take
+RECIPES: dict[str, dict[str, Any]] = {
+    "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none"},  # Hinton's loss alone
+    "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none"},  # the 2nd default
+    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "none"},
+}
+DEFAULT_RECIPE = "words"  # the recipe measured best (docs/results.md), what the bare command runs
 
 
 @dataclass
@@ -158,32 +175,53 @@ class DistillConfig(ScratchConfig):
     out: Path = Path("runs/student")
     temperature: float = 2.0  # T: softens both distributions in the KL term
     alpha: float = 0.5  # weight of the soft (KL) term; 1 − alpha on the hard (CE) term
-    # The default recipe is the one measured best (README: dev MCC 0.173 against 0.147 from scratch, 5 seeds):
-    # a transfer set of 4 synthetic sentences per training sentence and the teacher's representation at weight 1.
-    # ``plain`` is Hinton's loss alone (no transfer set, no representation term); explicit values win over both.
-    augment: int | None = None  # synthetic sentences per training sentence, labelled by the teacher (default 4)
-    feature_weight: float | None = None  # beta: weight of fitting the teacher's representation (default 1; 0: off)
-    plain: bool = False  # --plain: augment 0 and feature weight 0 unless given
+    # ``recipe`` (RECIPES; default DEFAULT_RECIPE, the one measured best in docs/results.md) fills in whichever of
+    # these four is left None; ``plain`` is recipe "plain" (Hinton's loss alone). Explicit values win over both.
+    recipe: str | None = None
+    augment: int | None = None  # synthetic sentences per training sentence, labelled by the teacher
+    feature_weight: float | None = None  # beta: weight of fitting the teacher's representation (0: off)
+    word_weight: float | None = None  # gamma: weight of fitting the teacher's contextual word vectors (0: off)
+    word_layer: int = -1  # the teacher's hidden layer whose word vectors are fitted (-1: the last)
+    embed_init: str | None = None  # none | teacher | context: the student's word embeddings from the teacher's
+    plain: bool = False  # --plain: --recipe plain
+    transfer: Path | None = None  # the user's unlabeled text (kdfast.train.transfer): more transfer set, streamed
+    transfer_cache: Path | None = None  # where its labelled parts go (default: OUT/transfer_cache)
+    transfer_part_lines: int = PART_LINES  # texts per labelled part
     reuse_logits: Path | None = None  # another student run whose cached teacher logits may be reused
     teacher_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        augment, feature_weight = PLAIN_RECIPE if self.plain else DEFAULT_RECIPE
-        if self.augment is None:
-            self.augment = augment
-        if self.feature_weight is None:
-            self.feature_weight = feature_weight
+        if self.plain and self.recipe is None:
+            self.recipe = "plain"
+        if self.recipe is None:
+            self.recipe = DEFAULT_RECIPE
+        for name, value in RECIPES.get(self.recipe, {}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def validate(self) -> None:
         super().validate()
-        assert self.augment is not None and self.feature_weight is not None  # set by __post_init__
+        require([(self.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"),
+                 (not (self.plain and self.recipe != "plain"), "--plain is --recipe plain: give one of them")])
+        assert self.augment is not None and self.feature_weight is not None and self.word_weight is not None
         checks = [
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
             (0 <= self.alpha <= 1, f"--alpha must be in [0, 1], got {self.alpha}"),
             (self.augment >= 0, f"--augment must be at least 0, got {self.augment}"),
             (self.feature_weight >= 0, f"--feature-weight must be at least 0, got {self.feature_weight}"),
+            (self.word_weight >= 0, f"--word-weight must be at least 0, got {self.word_weight}"),
+            (self.transfer_part_lines >= 1, f"--transfer-part-lines must be at least 1, got "
+                                            f"{self.transfer_part_lines}"),
+            (self.transfer is None or Path(self.transfer).is_file(), f"--transfer {self.transfer}: no such file"),
+            (self.embed_init in EMBED_INITS, f"--embed-init must be one of {', '.join(EMBED_INITS)}, "
+                                             f"got {self.embed_init!r}"),
         ]
         require(checks)
+
+    @property
+    def word_layer_used(self) -> int | None:
+        """The teacher layer whose word vectors the run needs (for --word-weight or --embed-init context), or None."""
+        return self.word_layer if (self.word_weight or self.embed_init == "context") else None
 
 
 # --- the loss
@@ -290,119 +328,149 @@ def word_neighbours(sentences: list[str], tokenizer: Any, table: torch.Tensor, k
 
 
 def teacher_word_neighbours(teacher: Path, sentences: list[str]) -> dict[str, list[str]]:
+    return word_neighbours(sentences, teacher_tokenizer(teacher), teacher_embeddings(teacher))
+
+
+# --- the student with its training-only maps
+
+
+class WithProjection(nn.Module):
+    """The student and the linear maps of its sentence vector (``--feature-weight``) and of its per-step states
+    (``--word-weight``) onto the teacher's, as one module, so that one DistributedDataParallel synchronises them
+    all: (logits (B, C), projected features (B, d) or None, projected states (B, T, d) or None)."""
+
+    def __init__(self, student: nn.Module, projection: nn.Module | None, word_projection: nn.Module | None = None
+                 ) -> None:
+        super().__init__()
+        self.student, self.projection, self.word_projection = student, projection, word_projection
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        logits, features, states = self.student(input_ids, mask, return_states=True)
+        return (logits, self.projection(features) if self.projection is not None else None,
+                self.word_projection(states) if self.word_projection is not None else None)
+
+
+class WordTargets:
+    """The teacher's cached word vectors (``kdfast.train.teacher_cache``), standardised per dimension, served per
+    batch as (B, T, d) targets with a (B, T) mask of the steps that have one."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], lengths: list[int]) -> None:
+        self.states, self.offsets, self.valid = scores["word_states"], scores["word_offsets"], scores["word_valid"]
+        self.mean, self.std = column_stats(self.states, self.valid)
+        self.lengths = lengths  # each sentence's length in the student's ids (its words, cut at --max-length)
+        counts = self.offsets.diff()
+        # the steps of sentence i with a target: its first min(words, student length) words that the teacher saw
+        self.hits = torch.tensor([int(self.valid[int(self.offsets[i]) : int(self.offsets[i]) + min(int(c), n)].sum())
+                                  for i, (c, n) in enumerate(zip(counts.tolist(), lengths, strict=True))])
+
+    @property
+    def dim(self) -> int:
+        return int(self.states.shape[1])
+
+    def none(self, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets for sentences without word vectors (a transfer file's): all masked."""
+        return torch.zeros(rows, width, self.dim), torch.zeros(rows, width, dtype=torch.bool)
+
+    def batch(self, idx: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        target = torch.zeros(len(idx), width, self.dim)
+        valid = torch.zeros(len(idx), width, dtype=torch.bool)
+        for b, i in enumerate(idx):
+            a = int(self.offsets[i])
+            n = min(int(self.offsets[i + 1]) - a, self.lengths[i], width)
+            target[b, :n] = self.states[a : a + n].float()
+            valid[b, :n] = self.valid[a : a + n]
+        return (target - self.mean) / self.std, valid
+
+
+def word_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, total: int) -> torch.Tensor:
+    """Σ over the ``valid`` steps (B, T) of (1 − cos(predicted, target)) (both (B, T, d)), divided by ``total``: the
+    number of such steps in the whole global batch, so that data-parallel slices add up to the one-process loss."""
+    valid = valid.to(predicted.device)
+    cos = F.cosine_similarity(predicted.float()[valid], target.to(predicted.device)[valid], dim=-1)
+    return (1 - cos).sum() / max(total, 1)
+
+
+@dataclass
+class Batch:
+    """One global batch: the student's ids, gold labels (-1: none), teacher logits and standardised sentence
+    representations, and ``rows``: the sentences' indices in the in-memory set (None for a transfer-file batch,
+    whose sentences have no cached word vectors)."""
+
+    ids: list[list[int]]
+    labels: torch.Tensor
+    soft: torch.Tensor | None
+    features: torch.Tensor | None
+    rows: list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Memory:
+    """The in-memory training set: real sentences, then synthetic ones."""
+
+    ids: list[list[int]]
+    labels: torch.Tensor
+    soft: torch.Tensor | None
+    features: torch.Tensor | None
+
+    def batch(self, idx: list[int]) -> Batch:
+        return Batch([self.ids[i] for i in idx], self.labels[idx], None if self.soft is None else self.soft[idx],
+                     None if self.features is None else self.features[idx], idx)
+
+
+@dataclass
+class Stream:
+    """The ``--transfer`` file's labelled parts, read one at a time, and how to turn their texts into batches."""
+
+    transfer: TransferSet
+    vocab: WordVocab
+    max_length: int
+    mean: torch.Tensor | None  # the in-memory set's feature statistics: the transfer set is standardised alike
+    std: torch.Tensor | None
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        for p in torch.randperm(len(self.transfer.parts), generator=generator).tolist():
+            part = read_part(self.transfer.parts[p])
+            features = None if self.mean is None else (part["features"] - self.mean) / self.std
+            for idx in shuffled_batches(len(part["texts"]), batch_size, generator):
+                yield Batch([self.vocab.encode(part["texts"][i], self.max_length) for i in idx],
+                            torch.full((len(idx),), -1), part["logits"][idx],
+                            None if features is None else features[idx], None)
+
+    def steps(self, batch_size: int) -> int:
+        return sum(-(-n // batch_size) for n in self.transfer.sizes)
+
+
+def epoch_batches(memory: Memory, stream: Stream | None, batch_size: int, generator: torch.Generator
+                  ) -> Iterator[Batch]:
+    """One epoch: the in-memory set in a seeded random order and, with a transfer file, its parts' batches
+    interleaved in proportion (the same order on every rank)."""
+    mine = list(shuffled_batches(len(memory.ids), batch_size, generator))
+    if stream is None:
+        yield from (memory.batch(idx) for idx in mine)
+        return
+    theirs = stream.batches(batch_size, generator)
+    taken = iter(mine)
+    for from_memory in proportional(len(mine), stream.steps(batch_size)):
+        yield memory.batch(next(taken)) if from_memory else next(theirs)
+
+
+def teacher_tokenizer(teacher: Path) -> Any:
     from transformers import AutoTokenizer
 
     merged = Path(teacher) / "merged"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(merged))
+        return AutoTokenizer.from_pretrained(str(merged))
     except Exception as e:
         raise KdfastError(f"{merged}: could not load the teacher's tokenizer ({first_line(e)})") from None
-    return word_neighbours(sentences, tokenizer, teacher_embeddings(teacher))
 
 
-# --- the teacher's logits, once
-
-
-def teacher_fingerprint(teacher: Path) -> str:
-    """Identifies a teacher run: its run.json (with its creation time) and metrics.json."""
-    h = hashlib.sha256()
-    for name in (RUN_FILE, METRICS_FILE):
-        h.update((Path(teacher) / name).read_bytes())
-    return h.hexdigest()
-
-
-def cache_key(fingerprint: str, texts: list[str]) -> str:
-    h = hashlib.sha256(fingerprint.encode())
-    for s in texts:
-        h.update(b"\0" + s.encode())
-    return h.hexdigest()
-
-
-def read_cache(path: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """The cached ``logits`` (N, C) and, when present, ``features`` (N, d) at ``path`` when its key matches, else
-    None."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return None
-            names = f.keys()  # a safetensors handle is not iterable
-            return {k: f.get_tensor(k).float() for k in names if k in ("logits", "features")}
-    except Exception:  # an unreadable cache is only a cache: score again
-        return None
-
-
-def write_cache(path: Path, scores: dict[str, torch.Tensor], key: str, teacher: Path, n_real: int) -> None:
-    """The teacher's logits and sentence representations, in fp32: a run that reads them back trains on exactly
-    what the run that scored them did."""
-    n = len(scores["logits"])
-    meta = {"key": key, "teacher": str(teacher), "real": str(n_real), "synthetic": str(n - n_real)}
-    save_file({k: v.float().contiguous() for k, v in scores.items()}, str(path), metadata=meta)
-
-
-def standardise(x: torch.Tensor) -> torch.Tensor:
-    """Each column to mean 0 and standard deviation 1 (a constant column to 0), so that every dimension of the
-    teacher's representation weighs the same in the mean-squared error."""
-    return (x - x.mean(0)) / x.std(0, unbiased=len(x) > 1).clamp(min=1e-6)
-
-
-def teacher_texts(sentences: list[str], tokenizer: Any) -> list[str]:
-    """What the teacher reads: the augmentation's ``[MASK]`` as the teacher's mask (or unknown) token."""
-    mask = getattr(tokenizer, "mask_token", None) or getattr(tokenizer, "unk_token", None) or ""
-    return sentences if mask == MASK else [s.replace(MASK, mask) for s in sentences]
-
-
-def score_with_teacher(cfg: DistillConfig, sentences: list[str], ctx: Context, bar: Any
-                       ) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """The teacher's ``logits`` (N, C) and ``features`` (N, d) for ``sentences``, from a cache when one matches
-    (one without features does when ``--feature-weight`` is 0): (scores, key, from_cache). Under torchrun each rank
-    scores its contiguous shard and every rank gets all N rows: N devices take 1/N of the time."""
-    from transformers import AutoTokenizer
-
-    merged = Path(cfg.teacher) / "merged"
-    try:  # the tokenizer alone decides the texts, hence the key: no need to load the model on a cache hit
-        tokenizer = AutoTokenizer.from_pretrained(str(merged))
-    except Exception as e:
-        raise KdfastError(f"{merged}: could not load the teacher's tokenizer ({e})") from None
-    texts = teacher_texts(sentences, tokenizer)
-    key = cache_key(teacher_fingerprint(cfg.teacher), texts)
-    for candidate in (cfg.reuse_logits, cfg.out):
-        cached = read_cache(Path(candidate) / CACHE_FILE, key) if candidate is not None else None
-        if cached is not None and ("features" in cached or cfg.feature_weight == 0):
-            bar.console.print(f"teacher logits: reusing {Path(candidate) / CACHE_FILE}")
-            return cached, key, True
-    model, tokenizer = load_teacher(cfg.teacher)
-    model.to(ctx.device)
-    max_length = read_json(Path(cfg.teacher) / METRICS_FILE)["config"].get("max_length", 64)
-    shard = ctx.shard(len(texts)) if len(texts) >= ctx.world else range(len(texts))  # no rank left empty-handed
-    mine = texts[shard.start : shard.stop]
-    parts: list[dict[str, torch.Tensor]] = []
-    task = bar.add_task("teacher logits (once)", total=len(mine), loss=0.0, rate=0.0)
-    start, chunk = time.perf_counter(), 2048
-    for i in range(0, len(mine), chunk):
-        ids = encode(tokenizer, mine[i : i + chunk], max_length)
-        parts.append(teacher_outputs(model, ids, tokenizer.pad_token_id, ctx.device, cfg.teacher_batch_size))
-        done = min(i + chunk, len(mine))
-        bar.update(task, completed=done, rate=done / (time.perf_counter() - start))
-    del model
-    scores = {k: torch.cat([p[k] for p in parts]) for k in ("logits", "features")}
-    if len(mine) < len(texts):  # every rank's shard, in order, on every rank
-        scores = {k: ctx.gather_rows(v, len(texts)) for k, v in scores.items()}
-    return scores, key, False
-
-
-class WithProjection(nn.Module):
-    """The student and the linear map of its sentence vector onto the teacher's (``--feature-weight``), as one
-    module, so that one DistributedDataParallel synchronises both: (logits (B, C), projected features (B, d))."""
-
-    def __init__(self, student: nn.Module, projection: nn.Module) -> None:
-        super().__init__()
-        self.student, self.projection = student, projection
-
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, features = self.student(input_ids, mask, return_features=True)
-        return logits, self.projection(features)
+def only_transfer_cache(out: Path) -> bool:
+    """``out`` is a folder with nothing but a transfer cache in it (a run interrupted after labelling began)."""
+    return out.is_dir() and {p.name for p in out.iterdir()} <= {TRANSFER_CACHE_DIR}
 
 
 # --- the stage
@@ -415,7 +483,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     distill = isinstance(cfg, DistillConfig)
     cfg.validate()
     cfg.out = Path(cfg.out)
-    check_out_dir(cfg.out, cfg.overwrite)
+    # an --out holding only the transfer cache of an interrupted run is resumed, not refused
+    own_cache = isinstance(cfg, DistillConfig) and cfg.transfer is not None and cfg.transfer_cache is None
+    check_out_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out)))
     if isinstance(cfg, DistillConfig):
         cfg.teacher = Path(cfg.teacher)
         try:
@@ -445,6 +515,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     target: torch.Tensor | None = None  # the teacher's standardised sentence representations, for --feature-weight
     projection: nn.Module | None = None  # student features -> teacher features; for training only, not saved
     beta = (cfg.feature_weight or 0.0) if isinstance(cfg, DistillConfig) else 0.0
+    gamma = (cfg.word_weight or 0.0) if isinstance(cfg, DistillConfig) else 0.0
+    words: WordTargets | None = None  # the teacher's word vectors, for --word-weight
+    word_projection: nn.Module | None = None  # student states -> teacher word vectors; for training only
     synthetic: list[str] = []
     cache: dict[str, Any] = {}
 
@@ -452,22 +525,45 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         if isinstance(cfg, DistillConfig):
             neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
             synthetic = augment(sentences, cfg.augment or 0, cfg.seed, neighbours)
-            scores, key, hit = score_with_teacher(cfg, sentences + synthetic, ctx, bar)
+            layer = cfg.word_layer_used
+            scores, key, hit = score_with_teacher(cfg.teacher, sentences + synthetic, ctx, bar,
+                                                  [cfg.reuse_logits, cfg.out], beta > 0, layer, cfg.teacher_batch_size)
             soft = scores["logits"]
             if beta > 0:
                 target = standardise(scores["features"])
                 projection = nn.Linear(model.head.in_features, target.shape[1]).to(device)
             cache = {"key": key, "reused": hit}
             sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)
+            if cfg.embed_init == "teacher":
+                init_from_teacher_embeddings(model.embed, vocab, teacher_tokenizer(cfg.teacher),
+                                             teacher_embeddings(cfg.teacher))
+            elif cfg.embed_init == "context":
+                init_from_word_states(model.embed, vocab, sentences, scores)
         ids = [vocab.encode(s, cfg.max_length) for s in sentences]
-        label_t = torch.tensor(labels)
-        steps_per_epoch = -(-len(ids) // cfg.batch_size)
-        params = [*model.parameters(), *(projection.parameters() if projection is not None else [])]
+        if gamma > 0:
+            words = WordTargets(scores, [len(i) for i in ids])
+            word_projection = nn.Linear(model.head.in_features, words.dim).to(device)
+        feature_stats = (None, None)
+        if target is not None:  # standardise's statistics, for the transfer file's features
+            raw = scores["features"]
+            feature_stats = (raw.mean(0), raw.std(0, unbiased=len(raw) > 1).clamp(min=1e-6))
+        memory = Memory(ids, torch.tensor(labels), soft, target)
+        stream: Stream | None = None
+        if isinstance(cfg, DistillConfig) and cfg.transfer is not None:
+            folder = cfg.transfer_cache or cfg.out / TRANSFER_CACHE_DIR
+            transfer = label_transfer(cfg.teacher, cfg.transfer, cfg.text_column, folder, ctx, bar,
+                                      cfg.teacher_batch_size, cfg.transfer_part_lines)
+            stream = Stream(transfer, vocab, cfg.max_length, *feature_stats)
+            cache["transfer"] = {"file": str(cfg.transfer), "cache": str(folder), "lines": len(transfer),
+                                 "labelled_now": transfer.labelled}
+        steps_per_epoch = -(-len(ids) // cfg.batch_size) + (stream.steps(cfg.batch_size) if stream else 0)
+        heads = [m for m in (projection, word_projection) if m is not None]
+        params = [*model.parameters(), *(p for m in heads for p in m.parameters())]
         optimizer, scheduler = adamw_with_warmup(
             params, cfg.lr, steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.weight_decay
         )
         # DDP over the whole student (and the projection): every parameter trains
-        ddp = ctx.wrap(WithProjection(runner, projection) if projection is not None else runner)
+        ddp = ctx.wrap(WithProjection(runner, projection, word_projection) if heads else runner)
         scaler = ctx.scaler()
 
         # --- train
@@ -477,27 +573,34 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         train_start = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             runner.train()
-            task = bar.add_task(f"{'distill' if distill else 'scratch'} epoch {epoch}/{cfg.epochs}", total=len(ids),
-                                loss=0.0, rate=0.0)
+            task = bar.add_task(f"{'distill' if distill else 'scratch'} epoch {epoch}/{cfg.epochs}",
+                                total=len(ids) + (len(stream.transfer) if stream else 0), loss=0.0, rate=0.0)
             loss_sum, correct, real, seen, start = 0.0, 0, 0, 0, time.perf_counter()
-            for step, batch in enumerate(shuffled_batches(len(ids), cfg.batch_size, generator)):
+            batches = epoch_batches(memory, stream, cfg.batch_size, generator)
+            for step, batch in enumerate(batches):
                 # every rank knows the whole global batch, hence the counts its slices' losses divide by
-                rows, labelled_rows = len(batch), int((label_t[batch] >= 0).sum())
-                parts = ctx.micro_batches(batch, cfg.grad_accum)
+                rows, labelled_rows = len(batch), int((batch.labels >= 0).sum())
+                word_rows = int(words.hits[batch.rows].sum()) if words is not None and batch.rows is not None else 0
+                parts = ctx.micro_batches(list(range(rows)), cfg.grad_accum)
                 for k, part in enumerate(parts):
-                    idx = part or batch[:1]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
-                    input_ids, mask = pad_batch([ids[i] for i in idx], vocab.pad_id)
+                    pos = part or [0]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
+                    input_ids, mask = pad_batch([batch.ids[p] for p in pos], vocab.pad_id)
                     if cfg.compile:
                         input_ids, mask = pad_for_compile(input_ids, mask, vocab.pad_id)
-                    y = label_t[idx].to(device)
-                    teacher = soft[idx].to(device) if soft is not None else None
+                    y = batch.labels[pos].to(device)
+                    teacher = batch.soft[pos].to(device) if batch.soft is not None else None
                     with ctx.sync(ddp, last=k == len(parts) - 1), ctx.autocast():
                         # this slice's share of the global batch's mean loss
-                        if target is not None:
-                            logits, projected = ddp(input_ids.to(device), mask.to(device))
-                            fit = F.mse_loss(projected.float(), target[idx].to(device), reduction="sum")
-                            loss = kd_loss(logits, teacher, y, temperature, alpha, rows, labelled_rows) + beta * fit / (
-                                rows * target.shape[1])
+                        if heads:
+                            logits, projected, word_pred = ddp(input_ids.to(device), mask.to(device))
+                            loss = kd_loss(logits, teacher, y, temperature, alpha, rows, labelled_rows)
+                            if projected is not None and batch.features is not None:
+                                fit = F.mse_loss(projected.float(), batch.features[pos].to(device), reduction="sum")
+                                loss = loss + beta * fit / (rows * batch.features.shape[1])
+                            if word_pred is not None and words is not None:
+                                tw, valid = (words.batch([batch.rows[p] for p in pos], word_pred.shape[1])
+                                             if batch.rows is not None else words.none(len(pos), word_pred.shape[1]))
+                                loss = loss + gamma * word_loss(word_pred, tw, valid, word_rows)
                         else:
                             logits = ddp(input_ids.to(device), mask.to(device))  # (B, C)
                             loss = kd_loss(logits, teacher, y, temperature, alpha, rows, labelled_rows)
@@ -512,7 +615,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                         seen += len(part)
                 optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
                 rate = seen * ctx.world / (time.perf_counter() - start)
-                bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
+                bar.update(task, advance=rows, loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, real, seen = ctx.all_sum(loss_sum, correct, real, seen)  # over every rank's slices
             seconds = time.perf_counter() - start
             shard = ctx.shard(len(dev_ids))  # each rank scores its shard of dev; all get every row
@@ -552,14 +655,18 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     if not ctx.master:  # rank 0 alone writes the run folder
         return metrics
     mode = "distill" if distill else "scratch"
-    with staged_dir(cfg.out, cfg.overwrite) as tmp:
+    with staged_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out))) as tmp:
+        if own_cache and (cfg.out / TRANSFER_CACHE_DIR).is_dir():  # the transfer cache moves into the new run folder
+            os.replace(cfg.out / TRANSFER_CACHE_DIR, tmp / TRANSFER_CACHE_DIR)
         save_student(model.cpu(), vocab, cfg.max_length, tmp)
         if scores:
-            write_cache(tmp / CACHE_FILE, scores, cache["key"], Path(config["teacher"]), len(train))
+            layer = cfg.word_layer_used if isinstance(cfg, DistillConfig) else None
+            write_cache(tmp / CACHE_FILE, scores, cache["key"], Path(config["teacher"]), len(train), layer)
         write_json(tmp / METRICS_FILE, metrics)
         s = model.cfg
         arch = f"{'Bi' if s.bidirectional else ''}{s.cell.upper()} {s.layers}x{s.hidden}"
-        how = (f"distilled (T={temperature:g}, alpha={alpha:g}{f', beta={beta:g}' if beta else ''}, "
+        how = (f"distilled (T={temperature:g}, alpha={alpha:g}{f', beta={beta:g}' if beta else ''}"
+               f"{f', gamma={gamma:g}' if gamma else ''}, "
                f"+{len(synthetic):,} synthetic)") if distill else "scratch"
         title = f"{arch} student, {how}, on {data.source}"
         plot_curves(history, tmp / "curves.png", title)

@@ -180,11 +180,13 @@ class DistilRNN(nn.Module):
         loop = lstm_loop if self.cfg.cell == "lstm" else gru_loop
         return loop(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_features: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_features: bool = False,
+                return_states: bool = False) -> Any:
         """Logits (B, C) of right-padded ``input_ids`` (B, T); ``attention_mask`` (B, T) is 1 on valid steps.
         With ``return_features``, also the pooled sentence vector the head reads (B, hidden · directions), which
-        distillation's representation term (``--feature-weight``) fits to the teacher's."""
+        distillation's representation term (``--feature-weight``) fits to the teacher's; with ``return_states``,
+        (logits, pooled vector, the last layer's output at every step (B, T, hidden · directions)), which the
+        word-level term (``--word-weight``) fits to the teacher's contextual word vectors."""
         cfg = self.cfg
         steps = input_ids.shape[1]
         lengths = attention_mask.sum(1).clamp(min=1)  # (B,)
@@ -202,6 +204,8 @@ class DistilRNN(nn.Module):
             if layer < cfg.layers - 1:
                 x = self.drop(x)
         z = self.drop(self.pool(x, attention_mask, lengths))  # (B, C)
+        if return_states:
+            return self.head(z), z, x
         return (self.head(z), z) if return_features else self.head(z)  # (B, C)
 
     def pool(self, x: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

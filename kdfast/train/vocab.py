@@ -24,6 +24,11 @@ def split_words(sentence: str) -> list[str]:
     return [w if w == MASK else w.lower() for w in _WORD.findall(sentence)]
 
 
+def word_spans(sentence: str) -> list[tuple[int, int]]:
+    """Where each word of ``split_words(sentence)`` stands in ``sentence``: (start, end) character offsets."""
+    return [m.span() for m in _WORD.finditer(sentence)]
+
+
 class WordVocab:
     """Word → id. Ids 0, 1, 2 are ``<pad>``, ``<unk>`` and ``[MASK]`` (the augmentation's masked word)."""
 
