@@ -93,8 +93,8 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 def figure(report: dict[str, Any]) -> Any:
     """The bench picture: latency p50 (log scale) against dev MCC, one panel per batch size. No text is placed at
-    the points, so nothing overlaps however close they lie: colour says the variant, marker the model (two legends
-    below the panels), a dashed line joins the variants no other beats on both axes, and each panel names its
+    the points, so nothing overlaps however close they lie: colour says the variant, marker the model (one legend
+    beside the panels), a dashed line joins the variants no other beats on both axes, and each panel names its
     fastest and its most accurate variant in its title, their points ringed."""
     import matplotlib
 

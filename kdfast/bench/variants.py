@@ -169,8 +169,8 @@ def ensure_export(run_dir: Path, data: str | None, optimize: bool, say: Callable
     if (folder / MANIFEST).exists():
         return folder
     say(f"{run_dir}: no ONNX export yet; exporting it now without int8 tuning (kdfast export --onnx"
-        f"{' --optimize' if optimize else ''}, with its parity checks on dev: seconds for a student, a minute or "
-        f"two for a GPT-2-size teacher on a CPU). For the int8 row: kdfast export --onnx {run_dir} --int8")
+        f"{' --optimize' if optimize else ''}, with its parity checks: one pass over dev per exported model). "
+        f"For the int8 row: kdfast export --onnx {run_dir} --int8")
     start = time.perf_counter()
     export(ExportConfig(run_dir=run_dir, optimize=optimize, int8=False, data=data, progress=False))
     say(f"{run_dir}: exported in {time.perf_counter() - start:.0f} s")
