@@ -10,7 +10,7 @@ import typer
 
 from kdfast.cli import options
 from kdfast.cli.main import app, train_app
-from kdfast.cli.output import console, dev_table
+from kdfast.cli.output import console, dev_table, print_verdict
 from kdfast.runs import METRICS_FILE, read_json, read_run_info
 
 
@@ -22,6 +22,7 @@ def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
     kept = metrics.get("teacher", {}).get("mcc_kept")
     if kept is not None:
         console.print(f"dev MCC kept from the teacher: {kept:.1%}")
+    print_verdict(metrics)
     console.print(f"wrote {out}")
 
 

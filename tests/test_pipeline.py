@@ -11,7 +11,53 @@ import pytest
 from helpers import run_cli
 
 
-def test_pipeline_runs_end_to_end_and_resumes(tiny_gpt2: Path, cola_dir: Path, tmp_path: Path, capsys) -> None:
+@pytest.fixture
+def tiny_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick preset cut to test size: a few batches and a small student (the real one is sized for MiniLM)."""
+    import kdfast.pipeline as pipeline
+
+    monkeypatch.setitem(pipeline.QUICK_TEACHER, "max_train_samples", 96)
+    monkeypatch.setitem(pipeline.QUICK_TEACHER, "epochs", 1)
+    monkeypatch.setitem(pipeline.QUICK_TEACHER, "lr", 3e-4)
+    monkeypatch.setitem(pipeline.QUICK_STUDENT, "max_train_samples", 96)
+    monkeypatch.setitem(pipeline.QUICK_STUDENT, "epochs", 1)
+    monkeypatch.setitem(pipeline.QUICK_STUDENT, "hidden", 16)
+    monkeypatch.setitem(pipeline.QUICK_STUDENT, "embed_dim", 16)
+
+
+def check_summary(out: Path) -> None:
+    """Every number of the pipeline's summary recomputed from metrics.json and bench.json."""
+    import kdfast.pipeline as pipeline
+
+    bench_json = out / "bench" / "bench.json"
+    bench = json.loads(bench_json.read_text())
+    summary = pipeline.summarize(pipeline.SummaryConfig(out / "teacher", out / "student", out / "rnn", bench_json,
+                                                        out / "summary.md"))
+    teacher, distilled, scratch = summary["models"]
+    for m, name in ((teacher, "teacher"), (distilled, "student"), (scratch, "rnn")):
+        best = json.loads((out / name / "metrics.json").read_text())["best"]
+        assert (m["acc"], m["mcc"]) == (best["dev_acc"], best["dev_mcc"])
+        onnx = [r for r in bench["results"] if r["model"] == name and r["batch_size"] == 1
+                and r["variant"].split("-")[1] == "onnx"]
+        fastest = min(onnx, key=lambda r: r["p50_ms"])
+        assert (m["form"], m["p50_ms"], m["file_mb"], m["form_mcc"]) == (
+            fastest["variant"], fastest["p50_ms"], fastest["file_mb"], fastest["mcc"])
+    assert teacher["form"].startswith("teacher-onnx") and distilled["form"].startswith("student-onnx")
+    assert distilled["speedup"] == pytest.approx(teacher["p50_ms"] / distilled["p50_ms"])
+    if teacher["mcc"] > 0:
+        assert distilled["mcc_kept"] == pytest.approx(distilled["mcc"] / teacher["mcc"])
+    else:
+        assert distilled["mcc_kept"] is None
+    assert summary["distilled_minus_scratch"] == pytest.approx(distilled["mcc"] - scratch["mcc"])
+    assert summary["majority_class"] == "acceptable" and summary["majority_acc"] == pytest.approx(719 / 1043)
+    text = pipeline.summary_markdown(summary)
+    assert text == (out / "summary.md").read_text()
+    word = "beats" if summary["distilled_minus_scratch"] > 0 else "does not beat"
+    assert f"The distilled student {word} the same student trained from the labels alone" in text
+
+
+def test_pipeline_runs_end_to_end_and_resumes(tiny_gpt2: Path, cola_dir: Path, tmp_path: Path, tiny_quick: None,
+                                              capsys) -> None:
     out = tmp_path / "runs"
     args = ["pipeline", "--model", str(tiny_gpt2), "--data", str(cola_dir), "--out", str(out), "--preset", "quick",
             "--device", "cpu", "--no-progress"]
@@ -19,25 +65,33 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_gpt2: Path, cola_dir: Path, t
     assert code == 0, stderr
     for path in ("teacher/merged", "student/student.safetensors", "rnn/student.safetensors",
                  "teacher/onnx/model.onnx", "student/onnx/model.onnx", "rnn/onnx/model.onnx", "bench/bench.json",
-                 "bench/bench.md", "bench/bench.csv", "bench/bench.png"):
+                 "bench/bench.md", "bench/bench.csv", "bench/bench.png", "summary.md"):
         assert (out / path).exists(), path
     report = json.loads((out / "bench" / "bench.json").read_text())
     variants = {r["variant"] for r in report["results"]}
     assert {"teacher-merged", "teacher-onnx-fp32", "student-eager", "student-onnx-fp32"} <= variants
+    # the quick preset exports its teacher without int8 (the tuning alone takes longer than the rest)
+    manifest = json.loads((out / "teacher" / "onnx" / "manifest.json").read_text())
+    assert "int8" not in {v["variant"] for v in manifest["variants"]}
+    assert json.loads((out / "teacher" / "metrics.json").read_text())["config"]["max_train_samples"] == 96
     state = json.loads((out / "pipeline.json").read_text())["stages"]
-    assert set(state) == {"teacher", "student", "rnn", "export-teacher", "export-student", "export-rnn", "bench"}
+    assert set(state) == {"teacher", "student", "rnn", "export-teacher", "export-student", "export-rnn", "bench",
+                          "summary"}
+    summary = (out / "summary.md").read_text()
+    assert " ".join(summary.split()) in " ".join(stdout.split())  # printed, and the same in summary.md
+    check_summary(out)
 
-    # Nothing changed: everything is skipped.
+    # Nothing changed: everything is skipped, and the summary is printed again.
     code, stdout, stderr = run_cli(args, capsys)
     assert code == 0, stderr
-    assert "ran: nothing" in stdout
+    assert "ran: nothing" in stdout and "| majority class ('acceptable' for every sentence) | 0.6894 | 0 |" in stdout
 
-    # The scratch student's outputs are gone: it runs again, with its export and the bench, and nothing else.
+    # The scratch student's outputs are gone: it runs again, with its export, the bench and the summary.
     shutil.rmtree(out / "rnn")
     teacher_mtime = (out / "teacher" / "metrics.json").stat().st_mtime
     code, stdout, stderr = run_cli(args, capsys)
     assert code == 0, stderr
-    assert "ran: rnn, export-rnn, bench;" in stdout
+    assert "ran: rnn, export-rnn, bench, summary;" in stdout
     assert (out / "rnn" / "onnx" / "model.onnx").exists()
     assert (out / "teacher" / "metrics.json").stat().st_mtime == teacher_mtime
 

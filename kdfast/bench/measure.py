@@ -22,13 +22,13 @@ that fails) is skipped with its reason in ``skipped``.
 matmuls and would flatter every other variant).
 
 **ONNX files.** A run without ``RUN/onnx/manifest.json`` is exported first, through ``kdfast.export.onnx`` with its
-parity checks (``--optimize`` for the teacher when ONNX Runtime has an optimizer for it, ``--int8``). The int8 rows
-time the exported ``model.int8.onnx``, the candidate ``kdfast.export.int8`` tuned and export checked on dev
-(its ``note``
-names the candidate); when no candidate held the rule, the export is redone without int8 and the int8 rows are
-skipped with that reason: an unchecked model is never timed or written. ``agreement`` is the measured share of dev
-labels equal to PyTorch's. An existing export is used as it is (never replaced); one made from an earlier run at the
-same path is skipped, with a note.
+parity checks: fp32, and ``--optimize`` for the teacher when ONNX Runtime has an optimizer for it; never ``--int8``,
+whose tuning builds and judges many candidate models (minutes for a small teacher, half an hour and more for GPT-2 on
+two cores): bench says so, and the int8 rows are then skipped with the command that makes them (``kdfast export
+--onnx RUN --int8``). The int8 rows time the exported ``model.int8.onnx``, the candidate ``kdfast.export.int8`` tuned
+and export checked on dev (its ``note`` names the candidate): an unchecked model is never timed or written.
+``agreement`` is the measured share of dev labels equal to PyTorch's. An existing export is used as it is (never
+replaced); one made from an earlier run at the same path is skipped, with a note.
 
 **Method.** Inputs are real CoLA dev sentences: a seeded sample of ``timed_sentences`` of them (order kept), cut
 into consecutive batches of each batch size and right-padded to the longest sentence in the batch. The same
@@ -98,6 +98,8 @@ from kdfast import __version__
 from kdfast.batching import in_order, length_sorted_batches, pad_batch
 from kdfast.bench.report import write_outputs
 from kdfast.bench.variants import (
+    STUDENT_VARIANTS,
+    TEACHER_VARIANTS,
     VARIANTS,
     Loaded,
     ModelInputs,
@@ -389,9 +391,15 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     sync = sync_fn(device)
 
     # --- measure
+    todo = sum(len(set(TEACHER_VARIANTS if kind == "teacher" else STUDENT_VARIANTS) & wanted) for kind, _ in runs)
+    say(f"bench: up to {todo} variants × {len(cfg.batch_sizes)} batch sizes, each timed for at least "
+        f"{cfg.min_time:g} s and {cfg.iters} calls after {cfg.warmup} warm-up calls, each variant scored on "
+        f"{len(dev)} dev sentences: about {todo * len(cfg.batch_sizes) * cfg.min_time / 60:.1f} min of timing, plus "
+        "loading and scoring (a variant that cannot run here is skipped)")
+    bench_start = time.perf_counter()
     with torch_threads(threads):
         for kind, run_dir in runs:
-            say(f"[bold]{kind} {run_dir}[/]")
+            say(f"[bold]{kind} {run_dir}[/] ({time.perf_counter() - bench_start:.0f} s so far)")
             inputs = (teacher_inputs if kind == "teacher" else student_inputs)(run_dir, timed, sentences)
             builders = (teacher_builders if kind == "teacher" else student_builders)(
                 run_dir, cfg.data, device, threads, say)

@@ -76,33 +76,88 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Latency p50 (log scale) against dev MCC, one panel per batch size, one labelled point per variant."""
+STUDENT_MARKERS = "s^Dvp*hX"  # one marker per student run; the teacher is a circle
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and MCC (higher), fastest first: the
+    variants worth choosing between."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def figure(report: dict[str, Any]) -> Any:
+    """The bench picture: latency p50 (log scale) against dev MCC, one panel per batch size. No text is placed at
+    the points, so nothing overlaps however close they lie: colour says the variant, marker the model (one legend
+    beside the panels), a dashed line joins the variants no other beats on both axes, and each panel names its
+    fastest and its most accurate variant in its title, their points ringed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = report["results"]
     batches = sorted({r["batch_size"] for r in rows}) or [1]
-    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
-    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(VARIANTS)}
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    variants += sorted({r["variant"] for r in rows} - set(variants))
+    colors = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    students = [m for m in models if not any(r["model"] == m and r["variant"].startswith("teacher") for r in rows)]
+    markers = {m: "o" if m not in students else STUDENT_MARKERS[students.index(m) % len(STUDENT_MARKERS)]
+               for m in models}
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5.2), squeeze=False)
     for ax, batch in zip(axes[0], batches, strict=True):
-        for r in (r for r in rows if r["batch_size"] == batch):
-            marker = "o" if r["variant"].startswith("teacher") else "s"
-            ax.scatter(r["p50_ms"], r["mcc"], color=colors.get(r["variant"], "black"), marker=marker, s=50)
-            label = r["variant"] if r["variant"].startswith("teacher") else f"{r['variant']} ({r['model']})"
-            ax.annotate(label, (r["p50_ms"], r["mcc"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        here = [r for r in rows if r["batch_size"] == batch]
+        for r in here:
+            ax.scatter(r["p50_ms"], r["mcc"], color=colors[r["variant"]], marker=markers[r["model"]], s=55,
+                       edgecolors="black", linewidths=0.4, zorder=3)
+        front = [here[i] for i in pareto([(r["p50_ms"], r["mcc"]) for r in here])]
+        if len(front) > 1:
+            ax.plot([r["p50_ms"] for r in front], [r["mcc"] for r in front], "--", color="grey", lw=1, zorder=2)
+        if here:
+            fastest = min(here, key=lambda r: r["p50_ms"])
+            accurate = max(here, key=lambda r: (r["mcc"], -r["p50_ms"]))
+            for r, ring, size in ((fastest, "tab:green", 420), (accurate, "tab:red", 220)):  # both show on one point
+                ax.scatter(r["p50_ms"], r["mcc"], s=size, facecolors="none", edgecolors=ring, linewidths=1.8,
+                           zorder=4)
+            ax.set_title(f"batch {batch}\nfastest (green ring): {fastest['variant']} ({fastest['model']}), "
+                         f"{fastest['p50_ms']:.3g} ms\nmost accurate (red ring): {accurate['variant']} "
+                         f"({accurate['model']}), MCC {accurate['mcc']:.3f}", fontsize=8.5)
         ax.set_xscale("log")
-        ax.set_xlabel(f"p50 latency per batch of {batch}, ms (log scale)")
-        ax.set_ylabel("dev MCC")
-        ax.set_title(f"batch {batch}")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 0.2, 0.5, 1, 2, 5, ... ms
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide on a narrow axis
+        ax.set_xlabel(f"p50 latency per batch of {batch}, ms (log scale; left is faster)")
+        ax.set_ylabel("dev MCC (up is more accurate)")
         ax.grid(alpha=0.3, which="both")
+    variant_handles = [Line2D([], [], ls="", marker="o", color=colors[v], markeredgecolor="black", label=v)
+                       for v in variants]
+    model_handles = [Line2D([], [], ls="", marker=markers[m], color="lightgrey", markeredgecolor="black",
+                            label=m + (" (student)" if m in students else " (teacher)")) for m in models]
+    heading = Line2D([], [], ls="", label="model (marker):")
+    front_handle = Line2D([], [], ls="--", color="grey", label="no variant both faster and more accurate")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.legend(handles=[*variant_handles, heading, *model_handles, front_handle], title="variant (colour):",
+               loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title_fontsize=8, alignment="left")
     meta = report["meta"]
     fig.suptitle(f"kdfast bench: {meta['device_name']}, {meta['threads']} threads, commit {meta['commit']}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Write :func:`figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

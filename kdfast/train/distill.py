@@ -106,6 +106,7 @@ from kdfast.train.training import (
 )
 from kdfast.train.transfer import CACHE_DIR as TRANSFER_CACHE_DIR
 from kdfast.train.transfer import PART_LINES, TransferSet, label_transfer, proportional, read_part
+from kdfast.verdict import against_majority
 
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
@@ -651,6 +652,8 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         teacher_mcc = teacher_best.get("dev_mcc")
         metrics["teacher"] = {"run": str(cfg.teacher), "best": teacher_best, "logits_cache": cache,
                               "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None}
+    metrics["verdict"] = against_majority(best, data.dev_targets()[0], data.labels, "the student",
+                                          steps_per_epoch * cfg.epochs, cfg.lr)
     metrics["processes"] = ctx.world
     if not ctx.master:  # rank 0 alone writes the run folder
         return metrics

@@ -26,6 +26,7 @@ from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_b
 from kdfast.data import Dataset, load_dataset, subsample
 from kdfast.errors import KdfastError, first_line, require
 from kdfast.metrics import best_summary, improves, score_logits
+from kdfast.models import resolve_model
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -55,6 +56,7 @@ from kdfast.train.training import (
     progress_bar,
     seed_everything,
 )
+from kdfast.verdict import against_majority
 
 
 @dataclass
@@ -66,8 +68,8 @@ class TeacherConfig:
     label_column: str | None = None  # default: label
     select_by: str = "mcc"  # the dev score that picks the best epoch: mcc | acc | f1
     out: Path = Path("runs/teacher")  # the run folder to write
-    # The defaults are the recipe measured best on the MiniLM-L6 backbone (docs/results.md, benchmarks/bench_quality.py);
-    # for GPT-2 they are assumed, not measured (its weights cannot be downloaded where kdfast is developed).
+    # The defaults are the recipe measured best on the MiniLM-L6 backbone (docs/results.md,
+    # benchmarks/bench_quality.py); for GPT-2 they are assumed, not measured (no GPT-2 weights where it is developed).
     epochs: int = 10
     lr: float = 5e-4  # 1e-3 (the report's) collapses to the majority class; with warm-up, 1e-3 still learns slower
     rank: int = 16  # LoRA rank r
@@ -96,6 +98,7 @@ class TeacherConfig:
             (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
             (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
         ])
+        self.model = resolve_model(self.model)  # a short name (minilm) -> its folder, recorded as such
         check_model_name(self.model)
 
 
@@ -150,6 +153,7 @@ def load_backbone(name: str, labels: list[str] | None = None) -> tuple[nn.Module
     the checkpoint's own head (a saved teacher)."""
     from transformers import AutoModelForSequenceClassification
 
+    name = resolve_model(name)
     tokenizer = load_tokenizer(name)
     # A checkpoint with a head for another number of classes gets a new one (ignore_mismatched_sizes).
     named = {} if labels is None else {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
@@ -320,6 +324,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
         "data": data.summary(train),
         "processes": ctx.world,
     }
+    metrics["verdict"] = against_majority(best, data.dev_targets()[0], data.labels, "the teacher",
+                                          steps_per_epoch * cfg.epochs, cfg.lr)
     if not ctx.master:  # rank 0 alone writes the run folder
         return metrics
     with staged_dir(cfg.out, cfg.overwrite) as tmp:
