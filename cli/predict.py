@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FORMATS = ("auto", "table", "jsonl", "csv")
+ENGINES = ("local", "ray")
 err = Console(stderr=True)
 
 
@@ -79,7 +80,8 @@ def predict_command(
     run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
     texts: list[str] | None = typer.Argument(None, help="Sentences to classify (else --file, else standard input)."),
     file: Path | None = typer.Option(None, "--file", "-f", help="Plain text (one sentence per line), or a .csv, "
-                                     ".tsv or .jsonl file with --text-column."),
+                                     ".tsv, .jsonl or .parquet file with --text-column (--engine ray: a folder or a "
+                                     "glob of Parquet files)."),
     text_column: str | None = typer.Option(None, help="Column holding the text (default: text, else sentence)."),
     fmt: str = typer.Option("auto", "--format", help="table, jsonl or csv; auto: a table on a terminal, JSON Lines "
                             "otherwise."),
@@ -90,10 +92,36 @@ def predict_command(
     threads: int | None = typer.Option(None, help="Intra-op threads of ONNX Runtime or torch (default: theirs)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (the torch runtime)."),
     progress: bool = typer.Option(True, help="A progress bar on a terminal, and the speed at the end."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data over --workers actors; Parquet "
+                               "in: a file, a folder or a glob; --out a folder, or one file by its suffix)."),
+    keep_columns: str | None = typer.Option(None, help="Input columns to keep in a table written to --out, comma-"
+                                            "separated (default: all; '' keeps none)."),
+    bad_rows: str = typer.Option("error", help="A row whose text is null, not a string or blank: error (stop, "
+                                 "naming it) or null (null label and probabilities, the reason in column 'error')."),
+    rows_per_batch: int = typer.Option(4096, help="Rows read, scored and written at a time (a Ray batch)."),
+    workers: int = typer.Option(1, help="--engine ray: actors, each with its own model and --threads threads."),
+    address: str | None = typer.Option(None, help="--engine ray: a cluster to join (auto, or ray://HOST:10001); "
+                                       "default: start Ray on this machine for the run."),
 ) -> None:
-    """Classify sentences: each one's label and the probability of every class, in the input's order."""
+    """Classify sentences: each one's label and the probability of every class, in the input's order.
+
+    A table file (Parquet, CSV, TSV, JSON Lines) or plain text with --out FILE.parquet/.csv/.tsv/.jsonl is scored
+    in record batches: the input's columns kept, then label and p_<class> for each class."""
     if fmt not in FORMATS:
         raise KdfastError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if engine not in ENGINES:
+        raise KdfastError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "ray" or (file is not None and out is not None and fmt == "auto" and columnar_out(out)):
+        if texts:
+            raise KdfastError("give sentences as arguments or --file, not both")
+        if file is None or out is None:
+            raise KdfastError("--engine ray needs --file and --out")
+        predict_table(run_dir, str(file), out, engine, text_column, keep_columns, bad_rows, rows_per_batch,
+                      runtime, batch_size, threads, device, workers, address, progress)
+        return
+    if engine != "local" or keep_columns is not None or bad_rows != "error" or workers != 1 or address is not None:
+        raise KdfastError("--keep-columns, --bad-rows, --workers and --address apply to a file scored into a table "
+                          "(--file and --out FILE.parquet/.csv/.tsv/.jsonl)")
     from kdfast.serve.inputs import Skipped, iter_texts
     from kdfast.serve.predict import CHUNK, Classifier
 
@@ -127,4 +155,91 @@ def predict_command(
         err.print(f"{n} sentences in {seconds:.3f} s: {n / seconds:.1f} sentences/s (model loaded in "
                   f"{loaded - start:.3f} s)", highlight=False)
     if out is not None:
+        err.print(f"wrote {out}", highlight=False)
+
+
+def columnar_out(out: Path) -> bool:
+    from kdfast.batch.columnar import OUT_SUFFIXES
+
+    return out.suffix.lower() in OUT_SUFFIXES
+
+
+def predict_table(run_dir: Path, file: str, out: Path, engine: str, text_column: str | None, keep_columns: str | None,
+                  bad_rows: str, rows: int, runtime: str, batch_size: int, threads: int | None, device: str,
+                  workers: int, address: str | None, progress: bool) -> None:
+    """A file scored into a table (kdfast.batch): on this process, or on Ray."""
+    from kdfast.batch.columnar import BAD_ROWS, parse_keep, predict_file
+
+    if bad_rows not in BAD_ROWS:
+        raise KdfastError(f"--bad-rows {bad_rows!r}: choose one of {', '.join(BAD_ROWS)}")
+    keep = parse_keep(keep_columns)
+    start = time.perf_counter()
+    if engine == "ray":
+        from kdfast.batch.ray_engine import run_ray
+
+        result = run_ray(run_dir, file, out, runtime, workers, rows, batch_size, threads or 1, text_column, keep,
+                         bad_rows, address, progress=progress and err.is_terminal)
+        seconds = time.perf_counter() - start
+        if progress:
+            err.print(f"{result.rows} rows in {seconds:.3f} s on Ray ({workers} worker(s)): "
+                      f"{result.rows / seconds:.1f} sentences/s, Ray started in {result.start_s:.2f} s",
+                      highlight=False)
+            err.print(f"wrote {out}" + (f" ({result.files} Parquet files)" if result.files > 1 else ""),
+                      highlight=False)
+        return
+    from kdfast.batch.columnar import TableWriter, check_keep, open_source
+    from kdfast.runs import run_labels
+    from kdfast.serve.predict import Classifier
+
+    src = open_source(file, text_column, keep)  # a bad input or flag fails before the model loads
+    check_keep(src.columns, keep, run_labels(run_dir), bad_rows, file)
+    TableWriter(out)
+    clf = Classifier(run_dir, runtime, batch_size=batch_size, threads=threads, device=device)
+    loaded = time.perf_counter()
+    if progress:
+        why = "" if clf.requested != "auto" else " (auto)"
+        err.print(f"runtime {clf.runtime}{why}: {clf.backend.description}", highlight=False, soft_wrap=True)
+    summary = predict_file(clf, src, out, text_column, keep, bad_rows, rows)
+    seconds = time.perf_counter() - loaded
+    if summary.blank:
+        more = ", ..." if summary.blank > len(summary.blank_lines) else ""
+        err.print(f"[yellow]note[/]: skipped {summary.blank} blank line(s) (line "
+                  f"{', '.join(map(str, summary.blank_lines))}{more})", highlight=False)
+    if summary.bad:
+        err.print(f"[yellow]note[/]: {summary.bad} row(s) could not be scored: null, the reason in column 'error'",
+                  highlight=False)
+    if progress:
+        err.print(f"{summary.rows} rows in {seconds:.3f} s: {summary.rows / seconds:.1f} sentences/s (model loaded in "
+                  f"{loaded - start:.3f} s)", highlight=False)
+        err.print(f"wrote {out}", highlight=False)
+
+
+@app.command("label")
+def label_command(
+    teacher: Path = typer.Argument(..., help="A teacher run folder."),
+    file: Path = typer.Option(..., "--file", "-f", help="Sentences: plain text (one per line), .parquet, .csv, .tsv "
+                              "or .jsonl (--engine ray: plain text or Parquet)."),
+    out: Path = typer.Option(..., help="The teacher-labels file to write (.parquet; see docs/batch.md)."),
+    text_column: str | None = typer.Option(None, help="Column holding the text (default: text, else sentence)."),
+    engine: str = typer.Option("local", help="local (this process) or ray (Ray Data over --workers actors)."),
+    workers: int = typer.Option(1, help="--engine ray: actors, each with its own teacher and --threads threads."),
+    address: str | None = typer.Option(None, help="--engine ray: a cluster to join (auto, or ray://HOST:10001)."),
+    features: bool = typer.Option(True, help="Also the teacher's sentence representations (for distill's "
+                                  "--feature-weight)."),
+    rows_per_batch: int = typer.Option(4096, help="Rows read, scored and written at a time (a Ray batch)."),
+    batch_size: int = typer.Option(64, help="Sentences per forward pass (sorted by length)."),
+    threads: int | None = typer.Option(None, help="Intra-op threads per process or actor (default: torch's; 1 "
+                                       "per actor)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, help="The speed at the end."),
+) -> None:
+    """The teacher's logits (and sentence representations) for every sentence of a large file, for distillation."""
+    from kdfast.batch.label import label_file
+
+    result = label_file(teacher, file, out, engine, workers, rows_per_batch, batch_size, threads, features,
+                        text_column, address, device)
+    if progress:
+        extra = f", Ray started in {result.start_s:.2f} s" if engine == "ray" else ""
+        err.print(f"{result.rows} sentences labelled in {result.seconds:.3f} s: "
+                  f"{result.rows / max(result.seconds, 1e-9):.1f} sentences/s{extra}", highlight=False)
         err.print(f"wrote {out}", highlight=False)

@@ -252,6 +252,14 @@ class Classifier:
         while batch := list(itertools.islice(it, chunk)):
             yield from zip(batch, self.predict_proba(batch), strict=True)
 
+    def predict_dataset(self, ds: Any, **options: Any) -> Any:
+        """A Ray Data ``Dataset`` with ``label`` and ``p_<class>`` columns added, scored lazily by an actor pool
+        that loads this run's model once per actor (:func:`kdfast.batch.ray_engine.predict_dataset`; options:
+        workers, rows, threads, text_column, keep, bad_rows)."""
+        from kdfast.batch.ray_engine import predict_dataset
+
+        return predict_dataset(ds, self.run_dir, self.runtime, batch_size=self.batch_size, **options)
+
     def describe(self) -> dict[str, Any]:
         from kdfast import __version__
 
