@@ -194,3 +194,32 @@ def test_teacher_labels_file(teacher_run: Path, tmp_path: Path, capsys: pytest.C
     code, _, err = run_cli(["label", str(teacher_run), "--file", str(corpus), "--out", str(tmp_path / "l.csv")],
                            capsys)
     assert_one_error_line(err, "written as Parquet")
+
+
+def test_ray_callable_is_the_local_scoring(student: Path, clf: Classifier, tmp_path: Path) -> None:
+    """The class Ray Data's actors run (without Ray: one actor's work) loads the same Classifier and answers as
+    local predict does, batch by batch; the Ray engine itself runs in tests/test_batch_ray.py."""
+    from kdfast.batch.ray_engine import ScoreBatches, user_error
+
+    paths = write_inputs(tmp_path)
+    out = tmp_path / "local.parquet"
+    predict_file(clf, paths["parquet"], out)
+    actor = ScoreBatches(str(student), "onnx", threads=1, text_column="sentence", keep=["id"])
+    assert type(actor.clf) is Classifier
+    batches = pq.ParquetFile(paths["parquet"]).iter_batches(3)
+    got = pa.concat_tables([actor(pa.Table.from_batches([b])) for b in batches])
+    want = pq.read_table(out)
+    assert got.column_names == ["id", "label", "p_unacceptable", "p_acceptable"]
+    assert got.column("label").to_pylist() == want.column("label").to_pylist()
+    np.testing.assert_allclose(got.column("p_acceptable").to_numpy(), want.column("p_acceptable").to_numpy(),
+                               rtol=0, atol=1e-6)
+    with pytest.raises(KdfastError, match=r'the row \{"id": 1, "text": null\}: null') as bad:
+        ScoreBatches(str(student), "onnx")(pa.table({"id": [0, 1], "text": ["Fine.", None]}))
+
+    class TaskError(KdfastError):  # as Ray wraps an actor's exception: a subclass of it, the original as its cause
+        cause = bad.value
+
+    wrapped = RuntimeError("the dataset failed")
+    wrapped.__cause__ = TaskError("ray::MapWorker... Traceback ... KdfastError: ...")
+    assert user_error(wrapped) is bad.value
+    assert user_error(RuntimeError("a bug")) is None

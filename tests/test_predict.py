@@ -161,7 +161,8 @@ def test_cli_files_and_stdin(runs: dict[str, Path], tmp_path: Path, capsys: pyte
         code, out, err = run_cli(["predict", str(run_dir), "--file", str(path), *extra, "--out", str(out_file)],
                                  capsys)
         assert code == 0, err
-        assert out == "" and [r["text"] for r in jsonl(out_file.read_text())] == SENTENCES
+        rows = jsonl(out_file.read_text())  # a table scored into a table: the input's columns, label, p_<class>
+        assert out == "" and [r["sentence" if path == table else "body"] for r in rows] == SENTENCES
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(SENTENCES[:3]) + "\n"))
     code, out, err = run_cli(["predict", str(run_dir)], capsys)
