@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         row: dict[str, Any] = {"mcc": mcc, "acc": acc, "mcc_summary": summary(mcc), "acc_summary": summary(acc),
                                "share_of_teacher": statistics.fmean(mcc) / teacher["dev_mcc"],
                                "command": shlex.join(command(name, variants[name], args.teacher, Path("OUT"), 0,
-                                                             args.epochs)[2:]),
+                                                             args.epochs)[3:]),
                                "params": metrics[name, args.seeds[0]]["total_params"],
                                "train_seconds": [metrics[name, s]["train_seconds"] for s in args.seeds]}
         if name != SCRATCH:

@@ -38,9 +38,10 @@ def distill(
     lr: float = options.STUDENT_LR,
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    recipe: str | None = typer.Option(None, help="Defaults for the four options below: 'words' (the default: "
-                                      "augment 4, feature weight 1, word weight 1), 'sentence' (the previous "
-                                      "default: word weight 0) or 'plain'. Options given explicitly win."),
+    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight and "
+                                      "--embed-init: 'words' (the default: 4, 1, 1, context), 'sentence' (the "
+                                      "previous default: 4, 1, 0, none) or 'plain' (0, 0, 0, none). Options given "
+                                      "explicitly win."),
     augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
                                        "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
                                        "(0 with --plain)."),

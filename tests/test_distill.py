@@ -306,7 +306,8 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
 
     monkeypatch.setattr(kdfast.train.teacher, "load_teacher", counting_load)
     cfg = dict(teacher=teacher_run, data=str(cola_dir), out=tmp_path / "s", epochs=2, hidden=8, embed_dim=8,
-               max_train_samples=32, augment=1, feature_weight=0.0, word_weight=0.0, device="cpu", progress=False)
+               max_train_samples=32, augment=1, feature_weight=0.0, word_weight=0.0, embed_init="none", device="cpu",
+               progress=False)
     first = run(DistillConfig(**cfg))
     assert len(calls) == 1 and not first["teacher"]["logits_cache"]["reused"]  # once, not once per epoch
 
@@ -340,7 +341,7 @@ def test_default_recipe_is_the_measured_winner_and_the_old_ones_are_one_flag_awa
     def recipe(cfg: DistillConfig) -> tuple[Any, ...]:
         return cfg.augment, cfg.feature_weight, cfg.word_weight, cfg.embed_init
 
-    assert recipe(DistillConfig()) == tuple(RECIPES[DEFAULT_RECIPE].values())
+    assert recipe(DistillConfig()) == tuple(RECIPES[DEFAULT_RECIPE].values()) == (4, 1.0, 1.0, "context")
     assert recipe(DistillConfig(recipe="sentence")) == (4, 1.0, 0.0, "none")  # the previous default
     assert recipe(DistillConfig(plain=True)) == recipe(DistillConfig(recipe="plain")) == (0, 0.0, 0.0, "none")
     assert DistillConfig(plain=True, augment=2).augment == 2  # an explicit value wins

@@ -131,7 +131,7 @@ def test_word_loss_by_hand() -> None:
 def test_word_term_and_embed_init_through_the_library(teacher_run: Path, cola_dir: Path, tmp_path: Path) -> None:
     cfg: dict[str, Any] = dict(teacher=teacher_run, data=str(cola_dir), epochs=1, hidden=8, embed_dim=8,
                                max_train_samples=32, augment=1, feature_weight=1.0, device="cpu", progress=False)
-    base = run(DistillConfig(**cfg, out=tmp_path / "a", word_weight=0.0))
+    base = run(DistillConfig(**cfg, out=tmp_path / "a", word_weight=0.0, embed_init="none"))
     words = run(DistillConfig(**cfg, out=tmp_path / "b", word_weight=1.0, embed_init="context"))
     assert words["best"] != base["best"] or words["history"][0]["train_loss"] != base["history"][0]["train_loss"]
     with safe_open(str(tmp_path / "b" / CACHE_FILE), framework="pt") as f:

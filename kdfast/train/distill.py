@@ -16,10 +16,21 @@ the teacher's sentence representation ẑ_t, the vector its classification layer
 number of knowledge per sentence (their difference); its representation carries hundreds (FitNets, Romero et al.
 2015, https://arxiv.org/abs/1412.6550, at the last layer rather than a middle one).
 
-The teacher is run once over the transfer set, before the first epoch, and its logits are cached in the run folder
-(``teacher_logits.safetensors``, with its sentence representations, keyed by a hash of the teacher run and of
-the exact sentences it scored); a later run with the same teacher, data, seed and ``--augment`` into the same
-``--out`` (or with ``--reuse-logits RUN``) reads them back instead of loading the teacher at all.
+With ``--word-weight γ`` > 0 it also adds γ·mean over words of (1 − cos(W'·h_t + b', ŵ_t)): the student's BiLSTM
+output h_t at each word, through another linear map trained with it and then dropped, fits the teacher's contextual
+vector ŵ_t of the same word (its hidden state at ``--word-layer``, averaged over the word's sub-word tokens, so
+GPT-2's BPE and BERT's WordPiece align alike with the student's words; standardised per dimension). This is where
+the teacher's pretrained knowledge of English reaches the student: hundreds of numbers per *word*, on every
+sentence of the transfer set, instead of one logit per sentence (as ELMo's contextual vectors lift a BiLSTM on
+CoLA, GLUE Table 4; TinyBERT fits hidden states layer by layer). ``--embed-init`` starts the student's embeddings
+from the teacher's (``kdfast.train.embed_init``). ``--recipe`` names the defaults of these options (``RECIPES``).
+
+The teacher is run once over the transfer set, before the first epoch, and what it says is cached in the run
+folder (``teacher_logits.safetensors``: logits, sentence representations and word vectors, keyed by a hash of the
+teacher run and of the exact sentences it scored; ``kdfast.train.teacher_cache`` documents the format); a later
+run with the same teacher, data, seed and ``--augment`` into the same ``--out`` (or with ``--reuse-logits RUN``)
+reads them back instead of loading the teacher at all. ``--transfer FILE`` adds the user's own text, streamed and
+labelled in cached parts (``kdfast.train.transfer``).
 
 **Transfer set** (``--augment N``: N synthetic sentences per training sentence), after Tang et al. §3.2. For each
 whitespace-separated word: with probability p_mask it becomes ``[MASK]``; else with probability p_swap it is
@@ -115,7 +126,7 @@ P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
 RECIPES: dict[str, dict[str, Any]] = {
     "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none"},  # Hinton's loss alone
     "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none"},  # the 2nd default
-    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "none"},
+    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "context"},  # the 3rd
 }
 DEFAULT_RECIPE = "words"  # the recipe measured best (docs/results.md), what the bare command runs
 
