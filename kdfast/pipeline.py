@@ -37,7 +37,7 @@ TRAINING = ("teacher", "student", "rnn")  # under torchrun these run on every ra
 PRESETS = ("quick", "full")
 SUMMARY_FILE = "summary.md"
 
-# The quick preset: a first run on two CPU cores that shows the whole job working, in about ten minutes with
+# The quick preset: a first run on two CPU cores that shows the whole job working, estimated at ten minutes with
 # MiniLM-L6 (--model minilm) on CoLA. Every value the result depends on is given here, not taken from the stages'
 # defaults, so that a change of those defaults does not silently change what the quick run measures.
 # The teacher: all of CoLA (at most 10,000 sentences), 4 epochs at lr 5e-4 with r=16 (about 1,070 steps, 50 s an
