@@ -444,9 +444,11 @@ def guarded_app(max_bytes: int) -> Any:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, internal_error)
 
-    @app.post("/predict")
     async def predict(request: PredictRequest) -> dict[str, Any]:
         return {"n": len(request.texts), "in_flight": IN_FLIGHT[0]}
+
+    predict.__annotations__["request"] = PredictRequest  # a class, not this module's postponed string: a body
+    app.post("/predict")(predict)
 
     @app.get("/fail")
     async def fail() -> None:
@@ -458,7 +460,7 @@ def guarded_app(max_bytes: int) -> Any:
 def test_the_guard_limits_bodies_counts_requests_and_errors_are_json() -> None:
     from fastapi.testclient import TestClient
 
-    client = TestClient(guarded_app(1024), raise_server_exceptions=False)
+    client = TestClient(guarded_app(1024), raise_server_exceptions=False, headers={"Content-Type": "application/json"})
     body = b'{"texts": ["a", "b"]}'
     assert client.post("/predict", content=body + b" " * (1024 - len(body))).json() == {"n": 2, "in_flight": 1}
     r = client.post("/predict", content=body + b" " * (1025 - len(body)))
