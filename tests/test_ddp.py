@@ -123,9 +123,10 @@ def files(run: Path) -> list[str]:
 
 def assert_close(a: Path, b: Path, rel: float = 1e-6) -> None:
     """Every tensor of ``a`` within ``rel`` (relative L2) of ``b``'s. The default leaves a wide margin both ways: two
-    processes differ from one by 6e-9 to 2.5e-8 (float summation order), while a data-parallel loss weight off by a
-    factor of two moved the distilled student by 1.05e-5 (Adam undoes most of a loss's scale, so a real error
-    shows small in the weights)."""
+    processes differ from one by 6e-9 to 2.5e-8 (float summation order), while a reviewer's data-parallel loss weight
+    off by a factor of two moved the distilled student by 1.05e-5. Not enough alone: halving the weight in distill's
+    backward (``loss * ctx.world``) still passes, since Adam undoes a constant scale of the loss; the weights cannot
+    show such an error, a comparison of gradients or logged losses would."""
     x, y = load_file(str(a)), load_file(str(b))
     assert x.keys() == y.keys()
     for k in x:
