@@ -103,10 +103,31 @@ say "gpu_check$([ "$dry_run" = 1 ] && echo ' --dry-run') at commit $commit ($com
 # -- the interpreter: python3, or for the dry run a venv of it with the GPU machine's triton and transformers ----
 if [ "$dry_run" = 1 ]; then
     venv="${GPU_CHECK_VENV:-$work/venv}"
-    [ -x "$venv/bin/python3" ] || python3 -m venv --system-site-packages "$venv"
+    if [ ! -x "$venv/bin/python3" ]; then
+        python3 -m venv --system-site-packages "$venv"
+        # --system-site-packages shows the base interpreter's packages. When python3 is itself a virtual environment's
+        # (kdfast installed in a venv, as the README has it), its packages are not the base's: a .pth makes them
+        # seen too, after the dry-run venv's own (its triton and transformers win) and before the base's.
+        "$venv/bin/python3" - "$(python3 -c 'import site, sys; sys.prefix != sys.base_prefix and print(*site.getsitepackages(), sep="\n")')" <<'PY'
+import site
+import sys
+from pathlib import Path
+
+outer = [line for line in sys.argv[1].splitlines() if line]
+if outer:
+    own = Path(site.getsitepackages()[0])
+    (own / "_gpu_check_outer_venv.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in outer))
+PY
+    fi
     step venv 600 "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
         "triton==$DEVICE_TRITON" "transformers==$DEVICE_TRANSFORMERS" "$DRY_RUN_NUMPY" pytest-xdist
     python="$venv/bin/python3"
+    # what CI checks, calling this from a venv where kdfast is installed from this checkout: the dry run's venv sees
+    # the caller's packages (this checkout's kdfast, before any other interpreter's and before the install below)
+    seen=no
+    "$python" -c "import sys, kdfast; sys.exit(not kdfast.__file__.startswith('$repo/'))" > /dev/null 2>&1 && seen=yes
+    say "   this checkout's kdfast importable from the calling environment: $seen"
 else
     python="${PYTHON:-python3}"
 fi

@@ -23,6 +23,8 @@ def serve_command(
     threads: int | None = typer.Option(None, help="Intra-op threads per worker (default: the runtime's)."),
     max_texts: int = typer.Option(256, help="Texts per request, at most (more: a 422)."),
     max_chars: int = typer.Option(2000, help="Characters per text, at most (more: a 422)."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, help="Bytes per request body, at most (more: a 413, before "
+                                       "it is read); the default holds any request within the default limits."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (the torch runtime)."),
 ) -> None:
     """Serve a run over HTTP: POST /predict {"texts": [...]} -> labels and probabilities; GET /health, /metadata."""
@@ -32,4 +34,5 @@ def serve_command(
         raise KdfastError(f"kdfast serve needs LitServe: pip install 'kdfast[serve]' ({e})") from None
     serve(ServeConfig(run_dir=run_dir, host=host, port=port, runtime=runtime, max_batch_size=max_batch_size,
                       batch_timeout_ms=batch_timeout_ms, batch_size=batch_size, workers=workers, threads=threads,
-                      max_texts=max_texts, max_chars=max_chars, device=device))
+                      max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                      device=device))

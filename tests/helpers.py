@@ -114,3 +114,20 @@ def assert_one_error_line(err: str, message: str = "") -> None:
     assert "Traceback" not in err, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def alive_in_group(pgid: int) -> list[str]:
+    """The processes of process group ``pgid`` still alive (zombies left out), as 'pid state command' (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            found.append(f"{entry.name} {fields[0]} {cmd[:120]}")
+    return found

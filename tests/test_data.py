@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,10 @@ def test_bundled_cola_offline_in_a_fresh_process(tmp_path: Path) -> None:
             "socket.socket.connect = refuse\nsocket.create_connection = refuse\nsocket.getaddrinfo = refuse\n"
             "from kdfast.data import load_dataset\n"
             "d = load_dataset('cola')\nprint(len(d.train), len(d.dev))\n")
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8551", "1043"]
-    assert time.perf_counter() - start < 30
 
 
 def test_glue_files_split_domains_by_source(cola_dir: Path, tmp_path: Path) -> None:
@@ -216,6 +214,40 @@ def test_bad_tables_are_one_error_naming_file_and_line(tmp_path: Path, train: st
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize(("value", "shown"), [(True, "True"), (False, "False"), (1.0, "1.0"), (0.5, "0.5"),
+                                              (None, "None"), ([1], "[1]"), ({"a": 1}, "{'a': 1}")])
+def test_a_label_that_is_not_an_integer_or_a_string_is_an_error(value: object, shown: str) -> None:
+    from kdfast.data.labels import parse_label
+
+    with pytest.raises(KdfastError, match=re.escape(f"f.jsonl:3: label must be an integer or a string, found {shown}")):
+        parse_label(value, "f.jsonl:3")
+
+
+def test_labels_parse_as_integers_or_stripped_strings() -> None:
+    from kdfast.data.labels import RawLabel, parse_label
+
+    assert parse_label(3, "w") == RawLabel(3, "w") and parse_label(" -2 ", "w") == RawLabel(-2, "w")
+    assert parse_label("+7", "w") == RawLabel(7, "w") and parse_label(" pets ", "w") == RawLabel("pets", "w")
+    assert parse_label("1.5", "w") == RawLabel("1.5", "w") and parse_label("3a", "w") == RawLabel("3a", "w")
+    for blank in ("", "  ", "\t"):
+        with pytest.raises(KdfastError, match="w: empty label"):
+            parse_label(blank, "w")
+
+
+@pytest.mark.parametrize(("labels", "shown"), [((True, False), "True"), ((1.0, 0.0), "1.0"), ((1, 0.0), "0.0")])
+def test_json_lines_true_false_or_float_labels_are_an_error_not_two_classes(tmp_path: Path, labels: tuple,
+                                                                           shown: str) -> None:
+    """JSON's true/false (Python bools, an int subclass) and 1.0 are not class ids: one error naming the line."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"Sentence {i}.", "label": labels[i % 2]}) + "\n" for i in range(4)))
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"text": "One.", "label": 1}) + "\n")
+    line = 1 if shown in ("True", "1.0") else 2
+    with pytest.raises(KdfastError, match=re.escape(f"train.jsonl:{line}: label must be an integer or a string, "
+                                                    f"found {shown}")):
+        load_dataset(train, dev)
+
+
 def test_bad_sources(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "train.csv", ROWS)
     with pytest.raises(KdfastError, match="is one file: pass its dev set with --dev-data"):
@@ -231,12 +263,20 @@ def test_bad_sources(tmp_path: Path) -> None:
 
 
 def test_hub_dataset_offline_fails_fast_naming_the_local_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("datasets")
+    """Offline, the Hub is not even asked: no connection is tried (fast by construction, not by a clock)."""
+    import socket
+
+    import datasets
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a connection was tried")
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
     with pytest.raises(KdfastError, match=r"cannot be reached.*--data cola.*--data PATH"):
         load_dataset("hub:glue/sst2")
-    assert time.perf_counter() - start < 5
 
 
 def test_hub_names() -> None:
@@ -251,7 +291,8 @@ def test_hub_names() -> None:
 def test_hub_dataset_rows_labels_and_halves(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Hub path on a DatasetDict built here (no network): ClassLabel names kept, columns found, GLUE CoLA's
     validation split cut into its halves."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     import kdfast.data.hub
 
     features = datasets.Features({"sentence": datasets.Value("string"), "idx": datasets.Value("int32"),

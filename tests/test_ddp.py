@@ -4,6 +4,7 @@ and fail as a whole when one rank fails."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -120,7 +121,12 @@ def files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
 
 
-def assert_close(a: Path, b: Path, rel: float = 1e-5) -> None:
+def assert_close(a: Path, b: Path, rel: float = 1e-6) -> None:
+    """Every tensor of ``a`` within ``rel`` (relative L2) of ``b``'s. The default leaves a wide margin both ways: two
+    processes differ from one by 6e-9 to 2.5e-8 (float summation order), while a reviewer's data-parallel loss weight
+    off by a factor of two moved the distilled student by 1.05e-5. Not enough alone: halving the weight in distill's
+    backward (``loss * ctx.world``) still passes, since Adam undoes a constant scale of the loss; the weights cannot
+    show such an error, a comparison of gradients or logged losses would."""
     x, y = load_file(str(a)), load_file(str(b))
     assert x.keys() == y.keys()
     for k in x:
@@ -188,18 +194,23 @@ def test_sharded_teacher_logits_equal_one_process(tmp_path: Path, teachers: dict
 
 
 def test_indivisible_batch_is_one_error_line(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    """Each rank finds the mistake and says it in one error line; torchrun then reports its child's failure in its
+    own words (a ChildFailedError traceback), and whether the other rank spoke before torchrun stopped it depends on
+    the machine's load: so every error line is that one message, and there is one at least."""
     result = kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), "--batch-size",
                      "7", "--device", "cpu"], 2)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "does not split evenly" in errors[0], result.stderr[-2000:]
+    assert errors and "does not split evenly" in errors[0], result.stderr[-2000:]
+    assert set(errors) == {errors[0]}, result.stderr[-2000:]
+    assert not (tmp_path / "t").exists()
 
 
-def test_a_failing_rank_fails_the_job_quickly(tmp_path: Path, no_dropout_gpt2: Path) -> None:
-    start = time.monotonic()
+def test_a_failing_rank_fails_the_job(tmp_path: Path, no_dropout_gpt2: Path) -> None:
+    """A NaN on rank 1 fails the job (rather than leave rank 0 waiting in a collective: ``kdfast`` times out after
+    TIMEOUT seconds and fails the test)."""
     result = kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), *TEACHER], 2,
                     entry=[str(HERE / "ddp_fail.py")])
-    assert time.monotonic() - start < 60
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: the loss became nan at epoch 1, step 0; try a lower --lr"], result.stderr[-2000:]
@@ -207,17 +218,35 @@ def test_a_failing_rank_fails_the_job_quickly(tmp_path: Path, no_dropout_gpt2: P
 
 
 def test_ctrl_c_stops_every_rank_and_leaves_no_run_folder(tmp_path: Path, no_dropout_gpt2: Path) -> None:
-    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it, part-way through a long run."""
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it, while rank 0 is writing the run: its
+    staging folder exists (tests/ddp_interrupt.py says so in a file and waits there). Afterwards no process of the
+    job is left, and neither the run folder nor its staging folder."""
     import signal
 
-    args = ["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(tmp_path / "t"), "--epochs", "50",
-            "--max-train-samples", "4000", "--batch-size", "8", "--device", "cpu"]
+    from helpers import alive_in_group
+
+    out, saving = tmp_path / "runs" / "t", tmp_path / "saving"
+    args = ["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(out), *TEACHER]
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                            "-m", "kdfast", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+                            str(HERE / "ddp_interrupt.py"), *args], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env={**env(), "KDFAST_TEST_SAVING": str(saving)},
                            start_new_session=True)
-    time.sleep(15)
-    os.killpg(job.pid, signal.SIGINT)
-    start = time.monotonic()
-    assert job.wait(timeout=60) != 0
-    assert time.monotonic() - start < 60
-    assert not list(tmp_path.iterdir())  # neither the run folder nor its hidden staging folder
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not saving.exists():
+            assert job.poll() is None, job.stderr.read()[-2000:] if job.stderr else ""
+            assert time.monotonic() < deadline, "rank 0 never reached the save"
+            time.sleep(0.2)
+        staging = Path(saving.read_text()).parent
+        assert staging.parent == out.parent and staging.name.startswith(".t.tmp-") and staging.is_dir()
+        os.killpg(job.pid, signal.SIGINT)
+        assert job.wait(timeout=TIMEOUT) != 0
+        deadline = time.monotonic() + TIMEOUT
+        while (left := alive_in_group(job.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, "\n".join(left)
+        assert not list(out.parent.iterdir())  # neither the run folder nor its hidden staging folder
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime  # noqa: F401  # needed: a missing onnxruntime fails these tests, it does not skip them
 import pytest
 import torch
 
@@ -27,8 +28,6 @@ from kdfast.export.int8 import (
 )
 from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, run
 from kdfast.export.quantize import UnpaddedReader, calibrate, gemm_as_matmul, quantize_blockwise_file, weight_nodes
-
-pytest.importorskip("onnxruntime")
 
 N_CHECK = 128
 # Small enough for a test, large enough that the rule means something.
@@ -411,6 +410,27 @@ def test_the_rule_is_judged_on_the_lower_bound() -> None:
     exact = Candidate("c", "dynamic", "model.onnx")
     judge(exact, want, want, labels, Int8Config(min_agreement=1.0))
     assert exact.agreement == 1.0 and exact.agreement_lower < 1 and exact.passed
+
+
+def test_mcc_drop_is_fp32s_mcc_minus_int8s() -> None:
+    """The signed change the CLI table and the README print: positive when int8 scores a lower MCC than fp32, negative
+    when it scores a higher one; the rule bounds its size either way."""
+    from kdfast.export.int8 import judge
+
+    labels = np.array([0, 1] * 500)
+    right = np.eye(2)[labels]  # (1000, 2): every label right, MCC 1
+    wrong = right.copy()
+    wrong[:4] = wrong[:4, ::-1]  # 4 flipped: MCC below 1
+    worse, better = Candidate("w", "dynamic", "model.onnx"), Candidate("b", "dynamic", "model.onnx")
+    judge(worse, wrong, right, labels, Int8Config(max_drop=0.01))
+    judge(better, right, wrong, labels, Int8Config(max_drop=0.01))
+    assert worse.mcc < 1 and better.mcc == 1
+    assert worse.mcc_drop == pytest.approx(1 - worse.mcc) and worse.mcc_drop > 0
+    assert better.mcc_drop == pytest.approx(worse.mcc - 1) and better.mcc_drop < 0
+    assert worse.passed and better.passed  # |0.008| <= 0.01 both ways
+    judge(worse, wrong, right, labels, Int8Config(max_drop=0.005))
+    judge(better, right, wrong, labels, Int8Config(max_drop=0.005))
+    assert not worse.passed and not better.passed
 
 
 def test_the_bound_counts_a_sentence_and_its_perturbed_copy_once() -> None:

@@ -54,16 +54,6 @@ def eval_logits(run_dir: Path) -> np.ndarray:
     return run_logits(run_dir, SENTENCES, torch.device("cpu"))
 
 
-def onnx_variant_logits(run_dir: Path, variant: str) -> np.ndarray:
-    """The export's own logits for a variant, as its parity check computes them."""
-    from kdfast.export.parity import onnx_logits, session
-
-    manifest = json.loads((run_dir / "onnx" / "manifest.json").read_text())
-    file = next(v["file"] for v in manifest["variants"] if v["variant"] == variant)
-    clf = Classifier(run_dir, "torch")  # its encoder is the export's (same tokenizer / vocabulary)
-    return onnx_logits(session(run_dir / "onnx" / file), clf.backend.encode(SENTENCES), clf.backend.pad_id)
-
-
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_every_runtime_gives_eval_logits(runs: dict[str, Path], kind: str) -> None:
     run_dir = runs[kind]
@@ -79,9 +69,12 @@ def test_every_runtime_gives_eval_logits(runs: dict[str, Path], kind: str) -> No
         assert got.shape == (len(SENTENCES), len(clf.labels))
         if variant in (None, "fp32", "optimized"):
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)  # exact up to float summation order
-        else:  # int8: the quantized model's own logits (its agreement with PyTorch is the export's check); dynamic
-            # quantization scales activations per batch, so its logits depend a little on what is batched together
-            np.testing.assert_allclose(got, onnx_variant_logits(run_dir, variant), atol=1e-5)
+        else:  # int8: a quantized model, so near PyTorch's logits but not equal to them (the fp32 file loaded
+            # instead would be equal); its agreement with PyTorch on dev is the export's own check
+            assert clf.backend.description.endswith("model.int8.onnx")
+            scale = float(np.abs(want).max())
+            assert np.abs(got - want).max() <= max(0.5 * scale, 0.05), (got, want)  # loose: tiny random models
+            assert not np.allclose(got, want, atol=1e-7, rtol=0), "int8 gave fp32's logits"
         np.testing.assert_allclose(clf.predict_proba(SENTENCES), softmax(got), atol=1e-7)
         assert clf.predict(SENTENCES) == [clf.labels[i] for i in got.argmax(axis=1)]
         checked.append(runtime)
@@ -96,12 +89,70 @@ def test_batch_size_and_order_do_not_change_logits(runs: dict[str, Path]) -> Non
     np.testing.assert_allclose(streamed, softmax(many), atol=1e-5)
 
 
-def test_auto_picks_an_export_and_falls_back_to_torch(runs: dict[str, Path]) -> None:
-    teacher = Classifier(runs["teacher"], "auto")
-    assert teacher.runtime == "onnx-opt"  # optimized passed parity: the fastest
-    assert Classifier(runs["student"], "auto").runtime in ("onnx", "onnx-int8")
+def test_the_export_records_each_variants_latency_and_auto_takes_the_fastest(runs: dict[str, Path]) -> None:
+    from kdfast.serve.predict import passed_variants
+
+    runtime_of = {"optimized": "onnx-opt", "fp32": "onnx", "int8": "onnx-int8"}
+    for kind in ("teacher", "student"):
+        manifest = json.loads((runs[kind] / "onnx" / "manifest.json").read_text())
+        ms = manifest["latency"]["ms"]
+        assert set(ms) == {v["variant"] for v in manifest["variants"]} - {"fp16"}
+        assert all(t > 0 for t in ms.values()) and manifest["latency"]["batch"] == 1
+        fastest = min((v for v in ms if v in passed_variants(manifest)), key=ms.__getitem__)
+        assert Classifier(runs[kind], "auto").runtime == runtime_of[fastest]
     assert Classifier(runs["bare"], "auto").runtime == "torch"
-    assert teacher.describe()["manifest_sha256"] and Classifier(runs["bare"]).describe()["manifest_sha256"] is None
+    assert Classifier(runs["teacher"]).describe()["manifest_sha256"]
+    assert Classifier(runs["bare"]).describe()["manifest_sha256"] is None
+
+
+@pytest.fixture
+def three_variants(runs: dict[str, Path], tmp_path: Path) -> Path:
+    """A copy of the teacher whose export has fp32, optimized and int8 files (int8: a copy of fp32 when the export
+    dropped it), for manifests written by the test."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(runs["teacher"], teacher)
+    if not (teacher / "onnx" / "model.int8.onnx").exists():
+        shutil.copy(teacher / "onnx" / "model.onnx", teacher / "onnx" / "model.int8.onnx")
+    return teacher
+
+
+def auto_with(run_dir: Path, passed: set[str], ms: dict[str, float] | None) -> str:
+    """``auto``'s pick when the manifest says ``passed`` passed parity and (``None``: an export from before
+    timings were recorded) the batch-1 latencies ``ms``."""
+    from kdfast.serve.predict import choose_runtime
+
+    path = run_dir / "onnx" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    files = {"fp32": "model.onnx", "optimized": "model.opt.onnx", "int8": "model.int8.onnx"}
+    manifest["variants"] = [{"variant": v, "file": f} for v, f in files.items()]
+    manifest["parity"]["variants"] = [{"variant": v, "checked": True, "passed": v in passed} for v in files]
+    manifest.pop("latency", None)
+    if ms is not None:
+        manifest["latency"] = {"batch": 1, "ms": ms}
+    path.write_text(json.dumps(manifest))
+    return choose_runtime(run_dir, "auto")
+
+
+def test_auto_takes_the_fastest_variant_that_passed(three_variants: Path) -> None:
+    everything = {"fp32", "optimized", "int8"}
+    assert auto_with(three_variants, everything, {"fp32": 3.0, "optimized": 2.0, "int8": 1.0}) == "onnx-int8"
+    assert auto_with(three_variants, everything, {"fp32": 1.0, "optimized": 2.0, "int8": 3.0}) == "onnx"
+    assert auto_with(three_variants, everything, {"fp32": 3.0, "optimized": 1.0, "int8": 2.0}) == "onnx-opt"
+    # the fastest failed its check: the fastest of the rest
+    assert auto_with(three_variants, {"fp32", "optimized"}, {"fp32": 3.0, "optimized": 2.0, "int8": 1.0}) == "onnx-opt"
+    assert auto_with(three_variants, {"fp32", "int8"}, {"fp32": 1.5, "optimized": 1.0, "int8": 2.0}) == "onnx"
+    assert auto_with(three_variants, set(), {"fp32": 1.0, "optimized": 1.0, "int8": 1.0}) == "torch"
+    # a tie keeps the fixed order
+    assert auto_with(three_variants, everything, {"fp32": 1.0, "optimized": 1.0, "int8": 1.0}) == "onnx-opt"
+
+
+def test_auto_without_timings_keeps_the_old_order(three_variants: Path) -> None:
+    """An export from before latencies were recorded (or missing one it needs): optimized, then fp32, then int8."""
+    assert auto_with(three_variants, {"fp32", "optimized", "int8"}, None) == "onnx-opt"
+    assert auto_with(three_variants, {"fp32", "int8"}, None) == "onnx"
+    assert auto_with(three_variants, {"int8"}, None) == "onnx-int8"
+    assert auto_with(three_variants, {"fp32", "int8"}, {"int8": 1.0}) == "onnx"  # fp32 untimed: the order decides
+    assert auto_with(three_variants, {"fp32", "int8"}, {"fp32": "slow", "int8": 1.0}) == "onnx"
 
 
 def test_auto_skips_a_variant_that_failed_parity(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -419,6 +419,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
         # --- check
         parity = check_all(cfg, source, tmp, plan, dev, dev_targets, data_source, say)
+        latency = time_variants(source, tmp, plan, say)
 
         # --- save
         manifest: dict[str, Any] = {
@@ -441,6 +442,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             "versions": {"kdfast": __version__, "torch": torch.__version__, **versions,
                          "transformers": _version("transformers")},
             "parity": parity,
+            "latency": latency,
             "triton": None,
         }
         if cfg.check and not parity["passed"]:
@@ -522,6 +524,45 @@ def check_all(cfg: ExportConfig, source: ExportSource, folder: Path, plan: list[
     passed = all(r["passed"] for r in rows if r["checked"])
     return {"checked": True, "passed": passed, "data": data_source, "sentences": len(dev), "atol": cfg.atol,
             "pytorch": reference_row(want, dev_targets), "variants": rows}
+
+
+LATENCY_SENTENCES = ["The book that John wrote was read by everyone.", "Books.", "Who did you see Mary and?",
+                     "She sang, and he danced.", "It is raining cats and dogs.",
+                     "The more you read, the more you know."]
+
+
+def time_variants(source: ExportSource, folder: Path, plan: list[dict[str, Any]], say: Callable[..., None],
+                  rounds: int = 15, budget_s: float = 3.0) -> dict[str, Any]:
+    """Each CPU variant's batch-1 latency, for ``--runtime auto`` to take the fastest that passed its check.
+
+    One sentence at a time (six of them, in turn), on ONNX Runtime's CPU provider with its default threads, as
+    ``kdfast predict`` runs; the variants take turns round by round, so a machine busy for a moment slows them
+    alike; the median of each. At most ``rounds`` rounds, fewer once ``budget_s`` is spent (a large teacher)."""
+    import time
+
+    from kdfast.export.parity import feeds, session
+
+    timed = [v for v in plan if v["variant"] in ("fp32", "optimized", "int8")]  # fp16 is for the GPU
+    say(f"timing {', '.join(v['variant'] for v in timed)} at batch 1")
+    batches = [pad_batch([row], source.pad_id) for row in source.encode(LATENCY_SENTENCES)]  # (1, T) each
+    sessions = {v["variant"]: session(folder / v["file"]) for v in timed}
+    inputs = {k: [feeds(i, m, [x.name for x in s.get_inputs()]) for i, m in batches] for k, s in sessions.items()}
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    for k, sess in sessions.items():  # warm-up: the first runs allocate
+        for feed in inputs[k][:2]:
+            sess.run(["logits"], feed)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            for feed in inputs[k]:
+                t0 = time.perf_counter()
+                sess.run(["logits"], feed)
+                samples[k].append(1000 * (time.perf_counter() - t0))
+        if time.perf_counter() - start > budget_s:
+            break
+    return {"batch": 1, "provider": "CPUExecutionProvider", "sentences": len(LATENCY_SENTENCES),
+            "runs": len(next(iter(samples.values()), [])), "statistic": "median",
+            "ms": {k: float(np.median(v)) for k, v in samples.items()}}
 
 
 def _version(dist: str) -> str | None:

@@ -4,7 +4,8 @@
           ─ model (PyTorch, or an ONNX Runtime session on RUN/onnx/model*.onnx) ─ logits (N, C) ─ softmax
 
 A runtime is ``torch`` (the run's own model) or one of the ONNX files ``kdfast export --onnx`` wrote. ``auto``
-takes the fastest exported variant whose parity check passed (per ``RUN/onnx/manifest.json``), else PyTorch.
+takes, of the exported variants whose parity check passed, the one the export measured fastest at batch 1 (both
+recorded in ``RUN/onnx/manifest.json``), else PyTorch.
 
 Start-up matters for a command called once per file: nothing here imports torch or transformers at the top. An
 ONNX student needs only its ``vocab.json`` and ONNX Runtime; an ONNX teacher adds its tokenizer (transformers);
@@ -26,8 +27,9 @@ from kdfast.errors import KdfastError
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-opt", "onnx-int8")
-# runtime name -> manifest variant; the order is auto's preference, fastest first as measured on the CPU in the
-# README's bench: the optimized (fused-attention) teacher beats fp32, and dynamic int8 beats neither on MiniLM.
+# runtime name -> manifest variant. ``auto`` takes the variant the export measured fastest at batch 1 (the manifest's
+# "latency"); an export written before kdfast recorded that falls back to this order, the optimized (fused-attention)
+# teacher first, then fp32, then int8.
 ONNX_RUNTIMES = {"onnx-opt": "optimized", "onnx": "fp32", "onnx-int8": "int8"}
 ONNX_FOLDER, MANIFEST = "onnx", "manifest.json"
 CHUNK = 4096  # sentences read, sorted by length and predicted at a time when streaming: memory stays constant
@@ -80,7 +82,8 @@ def passed_variants(manifest: dict[str, Any]) -> set[str]:
 
 
 def choose_runtime(run_dir: Path, runtime: str) -> str:
-    """The concrete runtime for ``runtime``: ``auto`` is the fastest exported variant that passed parity, else torch."""
+    """The concrete runtime for ``runtime``: ``auto`` is the exported variant that passed parity and was measured
+    fastest at export (an older export, without timings: the first in ONNX_RUNTIMES' order), else torch."""
     if runtime not in RUNTIMES:
         raise KdfastError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     if runtime != "auto":
@@ -89,10 +92,14 @@ def choose_runtime(run_dir: Path, runtime: str) -> str:
     if manifest is None:
         return "torch"
     passed = passed_variants(manifest)
-    for name, variant in ONNX_RUNTIMES.items():
-        if variant in passed and (Path(run_dir) / ONNX_FOLDER / variant_file(manifest, variant)).exists():
-            return name
-    return "torch"
+    usable = [name for name, variant in ONNX_RUNTIMES.items()
+              if variant in passed and (Path(run_dir) / ONNX_FOLDER / variant_file(manifest, variant)).exists()]
+    if not usable:
+        return "torch"
+    ms = (manifest.get("latency") or {}).get("ms") or {}
+    if all(isinstance(ms.get(ONNX_RUNTIMES[name]), int | float) for name in usable):
+        return min(usable, key=lambda name: ms[ONNX_RUNTIMES[name]])  # a tie keeps the order above
+    return usable[0]
 
 
 def variant_file(manifest: dict[str, Any], variant: str) -> str:
