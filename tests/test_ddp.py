@@ -26,7 +26,7 @@ TIMEOUT = 300  # seconds for one kdfast run; a hang fails the test instead of th
 # 44 sentences in global batches of 8: five full batches and a last one of 4 (uneven across slices with accum); the
 # teacher's batches length-grouped, the students' shuffled
 TEACHER = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--rank", "4", "--alpha", "8",
-           "--lora-dropout", "0", "--group-by-length", "--device", "cpu", "--seed", "3"]
+           "--lr", "3e-4", "--lora-dropout", "0", "--group-by-length", "--device", "cpu", "--seed", "3"]
 STUDENT = ["--epochs", "2", "--max-train-samples", "44", "--batch-size", "8", "--dropout", "0", "--hidden", "16",
            "--embed-dim", "16", "--device", "cpu", "--seed", "3"]
 
@@ -155,8 +155,10 @@ def teachers(tmp_path_factory: pytest.TempPathFactory, no_dropout_gpt2: Path) ->
 
 
 def test_two_processes_train_the_same_lora_teacher(teachers: dict[int, Path]) -> None:
+    # LoRA's B factors start at zero, so their relative differences are the largest here: 1.09e-6 was seen at the
+    # default lr 5e-4 (the test now trains at 3e-4); 1e-5 still leaves that noise a tenfold margin
     assert_close(teachers[2] / "adapter" / "adapter_model.safetensors",
-                 teachers[1] / "adapter" / "adapter_model.safetensors")
+                 teachers[1] / "adapter" / "adapter_model.safetensors", rel=1e-5)
 
 
 def test_two_processes_write_one_run_folder_like_one_process(teachers: dict[int, Path]) -> None:
