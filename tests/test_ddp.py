@@ -237,7 +237,8 @@ def test_ctrl_c_stops_every_rank_and_leaves_no_run_folder(tmp_path: Path, no_dro
         deadline = time.monotonic() + TIMEOUT
         while not saving.exists():
             assert job.poll() is None, job.stderr.read()[-2000:] if job.stderr else ""
-            assert time.monotonic() < deadline, "rank 0 never reached the save"
+            if time.monotonic() > deadline:  # a hang guard, not a speed check
+                pytest.fail("rank 0 never reached the save")
             time.sleep(0.2)
         staging = Path(saving.read_text()).parent
         assert staging.parent == out.parent and staging.name.startswith(".t.tmp-") and staging.is_dir()
