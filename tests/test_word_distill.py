@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import gpt2_tokenizer, minilm_dir
 from safetensors import safe_open
 
 from kdfast.train.distill import CACHE_FILE, DistillConfig, WordTargets, run, word_loss
 from kdfast.train.embed_init import init_from_teacher_embeddings, init_from_word_states, pca_scaled, word_pieces
 from kdfast.train.teacher_cache import teacher_pass, teacher_view, token_words
 from kdfast.train.vocab import MASK, WordVocab, split_words
-from helpers import gpt2_tokenizer, minilm_dir
 
 
 @pytest.fixture(autouse=True)
