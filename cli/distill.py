@@ -38,10 +38,10 @@ def distill(
     lr: float = options.STUDENT_LR,
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight and "
-                                      "--embed-init: 'words' (the default: 4, 1, 1, context), 'sentence' (the "
-                                      "previous default: 4, 1, 0, none) or 'plain' (0, 0, 0, none). Options given "
-                                      "explicitly win."),
+    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight, "
+                                      "--embed-init, --min-freq: 'words' (the default: 4, 1, 1, context, 1), "
+                                      "'sentence' (the previous default: 4, 1, 0, none, 2) or 'plain' (0, 0, 0, "
+                                      "none, 2). Options given explicitly win."),
     augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
                                        "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
                                        "(0 with --plain)."),
@@ -51,8 +51,10 @@ def distill(
     word_weight: float | None = typer.Option(None, help="Weight gamma of fitting the teacher's contextual word "
                                              "vectors (each word's sub-word states averaged) with the student's "
                                              "per-step states (cosine through a linear map; 0: off)."),
-    word_layer: int = typer.Option(-1, help="The teacher's hidden layer fitted by --word-weight (-1: the last, "
-                                   "0: its input embeddings)."),
+    word_layer: int | None = typer.Option(None, help="The teacher's hidden layer fitted by --word-weight and "
+                                          "averaged by --embed-init context (-1: the last, 0: its input "
+                                          "embeddings). Default: two thirds of the way up (4 of MiniLM-L6's 6, "
+                                          "measured better than the last; 8 of GPT-2's 12, assumed)."),
     embed_init: str | None = typer.Option(None, help="Initialise the student's word embeddings from the teacher: "
                                           "'teacher' (its input embeddings, sub-words averaged), 'context' (its "
                                           "word vectors averaged over the transfer set) or 'none'; PCA to "
@@ -73,7 +75,9 @@ def distill(
     bidirectional: bool = options.BIDIRECTIONAL,
     dropout: float = options.DROPOUT,
     pooling: str = options.POOLING,
-    min_freq: int = options.MIN_FREQ,
+    min_freq: int | None = typer.Option(None, help="Rarer training words map to <unk>. Default from --recipe: 1 "
+                                        "for 'words' (a word seen once still gets the teacher's vectors), 2 "
+                                        "otherwise."),
     compile: bool = options.COMPILE,
     seed: int = options.SEED,
     select_by: str = options.SELECT_BY,

@@ -21,11 +21,12 @@ def pipeline_command(
     label_column: str | None = options.LABEL_COLUMN,
     out: Path = typer.Option(Path("runs"), help="Folder for every stage's run folder, the bench results and "
                                                 "summary.md."),
-    preset: str = typer.Option("quick", help="quick: a first run that shows the whole job working, about ten minutes "
-                                             "on two CPU cores with --model minilm on CoLA (teacher: LoRA r=16, lr "
-                                             "5e-4, 4 epochs on all of CoLA, exported without int8; students: 4 "
-                                             "epochs on 4,000 sentences); full: docs/results.md's recipe (10 teacher "
-                                             "epochs, 8 student epochs, int8 for every model)."),
+    preset: str = typer.Option("quick", help="quick: a first run that shows the whole job working, about seven "
+                                             "minutes on two free CPU cores with --model minilm on CoLA (teacher: "
+                                             "LoRA r=16, lr 5e-4, 4 epochs on all of CoLA, exported without int8; "
+                                             "students: 4 epochs on 4,000 sentences, distilled with the words "
+                                             "recipe); full: docs/results.md's recipe (10 teacher epochs, 8 student "
+                                             "epochs, int8 for every model)."),
     device: str = options.DEVICE,
     seed: int = options.SEED,
     progress: bool = typer.Option(True, help="Show the progress display."),

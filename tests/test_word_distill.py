@@ -3,6 +3,7 @@ and the student's embeddings initialised from the teacher (GPT-2's BPE and BERT'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from helpers import gpt2_tokenizer, minilm_dir
 from safetensors import safe_open
 
-from kdfast.train.distill import CACHE_FILE, DistillConfig, WordTargets, run, word_loss
+from kdfast.train.distill import CACHE_FILE, DistillConfig, WordTargets, default_word_layer, run, word_loss
 from kdfast.train.embed_init import init_from_teacher_embeddings, init_from_word_states, pca_scaled, word_pieces
 from kdfast.train.teacher_cache import teacher_pass, teacher_view, token_words
 from kdfast.train.vocab import MASK, WordVocab, split_words
@@ -136,7 +137,7 @@ def test_word_term_and_embed_init_through_the_library(teacher_run: Path, cola_di
     assert words["best"] != base["best"] or words["history"][0]["train_loss"] != base["history"][0]["train_loss"]
     with safe_open(str(tmp_path / "b" / CACHE_FILE), framework="pt") as f:
         assert {"word_states", "word_offsets", "word_valid"} <= set(f.keys())
-        assert f.metadata()["word_layer"] == "-1"
+        assert f.metadata()["word_layer"] == str(default_word_layer(teacher_run)) == str(words["teacher"]["word_layer"])
     again = run(DistillConfig(**cfg, out=tmp_path / "c", word_weight=1.0, embed_init="teacher",
                               reuse_logits=tmp_path / "b"))
     assert again["teacher"]["logits_cache"]["reused"]  # the word vectors came from b's cache
@@ -154,3 +155,21 @@ def test_context_init_averages_each_words_vectors() -> None:
     assert init_from_word_states(embedding, vocab, sentences, scores) == 3  # <unk>, cat, sat
     means = torch.stack([states[2], (states[0] + states[3]) / 2, states[1]])  # unk, cat, sat
     torch.testing.assert_close(embedding.weight[[1, 3, 4]], pca_scaled(means, 2))
+
+
+@pytest.mark.parametrize(("config", "layer"), [({"num_hidden_layers": 6}, 4), ({"n_layer": 12}, 8),
+                                                ({"num_hidden_layers": 2}, 1), ({"n_layer": 1}, 1)])
+def test_the_default_word_layer_is_two_thirds_of_the_teachers_depth(tmp_path: Path, config: dict[str, int],
+                                                                     layer: int) -> None:
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text(json.dumps(config))
+    assert default_word_layer(tmp_path) == layer
+    assert DistillConfig(teacher=tmp_path).word_layer_used == layer  # the bare command's recipe needs word vectors
+    assert DistillConfig(teacher=tmp_path, word_layer=-1).word_layer_used == -1
+    assert DistillConfig(teacher=tmp_path, recipe="sentence").word_layer_used is None
+
+
+def test_the_words_recipe_keeps_words_seen_once_unless_told() -> None:
+    assert DistillConfig().min_freq == 1
+    assert DistillConfig(recipe="sentence").min_freq == DistillConfig(plain=True).min_freq == 2
+    assert DistillConfig(min_freq=3).min_freq == 3

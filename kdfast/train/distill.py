@@ -122,13 +122,21 @@ from kdfast.verdict import against_majority
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
 P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
-# --recipe: the values of --augment, --feature-weight, --word-weight and --embed-init that flags left unset take
+# --recipe: the values of --augment, --feature-weight, --word-weight, --embed-init
+# and --min-freq: a word seen once gets the teacher's vectors under --embed-init context, so it need not be <unk>.
 RECIPES: dict[str, dict[str, Any]] = {
-    "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none"},  # Hinton's loss alone
-    "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none"},  # the 2nd default
-    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "context"},  # the 3rd
+    "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none",  # Hinton's loss alone
+              "min_freq": 2},
+    "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none",  # the 2nd default
+                 "min_freq": 2},
+    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "context",  # the 3rd
+              "min_freq": 1},
 }
 DEFAULT_RECIPE = "words"  # the recipe measured best (docs/results.md), what the bare command runs
+# --word-layer's default, as a share of the teacher's depth: on MiniLM-L6 layer 4 of 6 beat the last (docs/results.md);
+# syntax is read best from the middle-upper layers of BERT and GPT-2 alike (Hewitt and Manning 2019, Tenney et al.
+# 2019), which is what the student most lacks on CoLA. Assumed, not measured, for GPT-2 (layer 8 of 12).
+DEFAULT_WORD_DEPTH = 2 / 3
 
 
 @dataclass
@@ -193,8 +201,11 @@ class DistillConfig(ScratchConfig):
     augment: int | None = None  # synthetic sentences per training sentence, labelled by the teacher
     feature_weight: float | None = None  # beta: weight of fitting the teacher's representation (0: off)
     word_weight: float | None = None  # gamma: weight of fitting the teacher's contextual word vectors (0: off)
-    word_layer: int = -1  # the teacher's hidden layer whose word vectors are fitted (-1: the last)
+    # the teacher's hidden layer whose word vectors are fitted (-1: the last; 0: its input embeddings); None: two
+    # thirds of the way up (DEFAULT_WORD_DEPTH: 4 of MiniLM-L6's 6, 8 of GPT-2's 12)
+    word_layer: int | None = None
     embed_init: str | None = None  # none | teacher | context: the student's word embeddings from the teacher's
+    min_freq: int | None = None  # as train rnn's; default from --recipe (words: 1, else 2)
     plain: bool = False  # --plain: --recipe plain
     transfer: Path | None = None  # the user's unlabeled text (kdfast.train.transfer): more transfer set, streamed
     transfer_cache: Path | None = None  # where its labelled parts go (default: OUT/transfer_cache)
@@ -212,9 +223,9 @@ class DistillConfig(ScratchConfig):
                 setattr(self, name, value)
 
     def validate(self) -> None:
-        super().validate()
         require([(self.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"),
                  (not (self.plain and self.recipe != "plain"), "--plain is --recipe plain: give one of them")])
+        super().validate()
         assert self.augment is not None and self.feature_weight is not None and self.word_weight is not None
         checks = [
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
@@ -233,7 +244,9 @@ class DistillConfig(ScratchConfig):
     @property
     def word_layer_used(self) -> int | None:
         """The teacher layer whose word vectors the run needs (for --word-weight or --embed-init context), or None."""
-        return self.word_layer if (self.word_weight or self.embed_init == "context") else None
+        if not (self.word_weight or self.embed_init == "context"):
+            return None
+        return self.word_layer if self.word_layer is not None else default_word_layer(Path(self.teacher))
 
 
 # --- the loss
@@ -298,6 +311,19 @@ def augment(sentences: list[str], n: int, seed: int, neighbours: dict[str, list[
                     break
             out.append(" ".join(new))
     return out
+
+
+def default_word_layer(teacher: Path) -> int:
+    """``--word-layer``'s default for ``teacher``: its hidden layer ``DEFAULT_WORD_DEPTH`` of the way up (rounded),
+    from the depth in ``merged/config.json`` (``num_hidden_layers``, GPT-2's ``n_layer``)."""
+    merged = Path(teacher) / "merged"
+    try:
+        config = read_json(merged / "config.json")
+        depth = int(config.get("num_hidden_layers", config.get("n_layer")))
+    except (OSError, ValueError, TypeError) as e:
+        raise KdfastError(f"{merged}: could not read the teacher's number of layers ({first_line(e)}); give "
+                          f"--word-layer") from None
+    return max(1, round(DEFAULT_WORD_DEPTH * depth))
 
 
 def teacher_embeddings(teacher: Path) -> torch.Tensor:
@@ -662,7 +688,8 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         teacher_best = read_json(cfg.teacher / METRICS_FILE).get("best", {})
         teacher_mcc = teacher_best.get("dev_mcc")
         metrics["teacher"] = {"run": str(cfg.teacher), "best": teacher_best, "logits_cache": cache,
-                              "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None}
+                              "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None,
+                              "word_layer": cfg.word_layer_used}
     metrics["verdict"] = against_majority(best, data.dev_targets()[0], data.labels, "the student",
                                           steps_per_epoch * cfg.epochs, cfg.lr)
     metrics["processes"] = ctx.world
