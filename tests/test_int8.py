@@ -30,8 +30,9 @@ from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, run
 from kdfast.export.quantize import UnpaddedReader, calibrate, gemm_as_matmul, quantize_blockwise_file, weight_nodes
 
 N_CHECK = 128
-# Small enough for a test, large enough that the rule means something.
-TUNING = Int8Config(calibration=64, held_out=300, rank_sentences=32, timing_rounds=2)
+# Small enough for a test, large enough that the rule means something. The speed rule off (min_speedup 0): whether
+# int8 beats fp32 on a tiny model is the machine's business; the rule is tested below with scripted timings.
+TUNING = Int8Config(calibration=64, held_out=300, rank_sentences=32, timing_rounds=2, min_speedup=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,9 @@ def test_tuning_picks_a_candidate_and_records_it(tuned: tuple[Path, dict[str, An
     assert winner["p50_b1_ms"] == min(c["p50_b1_ms"] for c in int8["candidates"] if c["passed"])
     assert int8["kept_fp32"] == winner["kept_fp32"] and int8["recipe"] == winner["recipe"]
     assert int8["rule"] == {"min_agreement": 0.99, "max_mcc_drop": 0.01, "metric": "mcc", "confidence": 0.95}
+    assert int8["speed_rule"]["min_speedup"] == 0.0 and int8["speed_rule"]["batches"] == [1, 32]
+    assert winner["fast"] and winner["speed"]["batch_32"] == int8["speed"]["batch_32"]
+    assert int8["speed"]["verdict"] == "pass" and int8["speed"]["threads"] == manifest["latency"]["threads"] == 0
     assert winner["agreement_lower"] >= 0.99 and winner["agreement_lower"] < winner["agreement"]
     cal = int8["calibration"]
     assert cal["split"] == "train" and cal["sentences"] == 64 and cal["held_out"] == 300
@@ -95,7 +99,7 @@ def test_tuning_picks_a_candidate_and_records_it(tuned: tuple[Path, dict[str, An
 def test_a_sensitivity_ranking_is_measured_when_a_recipe_fails(low_margin_run: Path, tmp_path: Path) -> None:
     """A strict rule makes the plain recipe fail: nodes are ranked and kept fp32 one step at a time."""
     cfg = Int8Config(calibration=32, held_out=200, rank_sentences=16, timing_rounds=1, min_agreement=1.0,
-                     max_drop=0.0, recipes=("static-minmax",), max_fp32_nodes=3)
+                     max_drop=0.0, recipes=("static-minmax",), max_fp32_nodes=3, min_speedup=0.0)
     try:
         int8 = run(ExportConfig(run_dir=low_margin_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
                                 max_check_sentences=16, progress=False))["int8"]
@@ -148,11 +152,12 @@ def test_the_cli_maps_the_rule_flags(monkeypatch: pytest.MonkeyPatch, teacher_ru
     monkeypatch.setattr(kdfast.export.onnx, "run", fake_run)  # the command imports it when it runs
     monkeypatch.setattr(sys, "argv", ["kdfast", "export", "--onnx", str(teacher_run), "--out", str(tmp_path / "o"),
                                       "--int8", "--int8-min-agreement", "0.98", "--int8-max-drop", "0.02",
-                                      "--int8-calibration", "50"])
+                                      "--int8-calibration", "50", "--int8-min-speedup", "1.6", "--threads", "2"])
     with pytest.raises(SystemExit):
         main()
     tuning = seen[0].int8_tuning
     assert seen[0].int8 and (tuning.min_agreement, tuning.max_drop, tuning.calibration) == (0.98, 0.02, 50)
+    assert tuning.min_speedup == 1.6 and seen[0].threads == 2
 
 
 def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: Path, tmp_path: Path,
@@ -175,7 +180,7 @@ def test_calibration_reads_training_sentences_only(teacher_run: Path, cola_dir: 
 
     monkeypatch.setattr(int8_module.ReadLog, "__call__", spy)
     cfg = Int8Config(calibration=40, held_out=100, recipes=("dynamic",), max_fp32_nodes=0, timing_rounds=1,
-                     min_agreement=0.5, max_drop=1.0)
+                     min_agreement=0.5, max_drop=1.0, min_speedup=0.0)
     manifest = run(ExportConfig(run_dir=teacher_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
                                 max_check_sentences=16, progress=False))
     draw = CalibrationSet.draw(cola.train, 40, 100, seed=0)
@@ -275,7 +280,8 @@ def test_three_classes(tmp_path: Path) -> None:
     train = [Example(" ".join(rng.choice(words, rng.integers(3, 12))), int(i % 3)) for i in range(400)]
     inputs = TuneInputs(fp32=tmp_path / "model.onnx", base=tmp_path / "model.onnx", encode=encode, pad_id=0,
                         input_names=["input_ids"])
-    cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1)
+    cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1,
+                     min_speedup=0.0)
     report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg)
     assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
     got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
@@ -351,10 +357,13 @@ def test_blockwise_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
 
 
 class ScriptedTuner(Tuner):
-    """The search alone: each candidate's verdict and speed scripted by name, nothing built or run."""
+    """The search alone: each candidate's verdict and speed scripted by name, nothing built or run. ``speeds``: the
+    speed rule's (batch-1, batch-32) speed-ups by name; by default both are the search's batch-1 speed-up."""
 
-    def __init__(self, script: dict[str, tuple[bool, float]], cfg: Int8Config) -> None:
+    def __init__(self, script: dict[str, tuple[bool, float]], cfg: Int8Config,
+                 speeds: dict[str, tuple[float, float]] | None = None) -> None:
         self.script, self.cfg, self.say, self.built = script, cfg, lambda *a: None, []
+        self.speeds, self.judged = speeds or {}, []
 
     def nodes(self, recipe: str) -> list[str]:
         return [f"{recipe}/n{i}" for i in range(8)]
@@ -373,6 +382,13 @@ class ScriptedTuner(Tuner):
         for c in candidates:
             c.speedup_b1 = self.script[c.name][1]
             c.p50_b1_ms = 1.0 / c.speedup_b1
+
+    def speed(self, c: Candidate) -> dict[str, Any]:
+        self.judged.append(c.name)
+        b1, b32 = self.speeds.get(c.name, (self.script[c.name][1],) * 2)
+        return {"threads": self.cfg.threads, "reference": "model.onnx",
+                **{f"batch_{b}": {"fp32_p50_ms": 1.0, "int8_p50_ms": 1.0 / s, "speedup": s}
+                   for b, s in ((1, b1), (32, b32))}}
 
 
 def test_the_search_skips_what_cannot_beat_a_passing_candidate() -> None:
@@ -486,3 +502,124 @@ def test_gemm_as_matmul_handles_transposed_shared_weights(tmp_path: Path) -> Non
     x = rng.standard_normal((2, 4)).astype(np.float32)
     for a, c in zip(session(src).run(None, {"x": x}), session(dst).run(None, {"x": x}), strict=True):
         np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+
+
+# --- the speed rule: an int8 slower than fp32 is never kept (timings scripted or faked: tests never read the clock)
+
+
+def test_an_accurate_candidate_slower_than_fp32_at_batch_32_is_passed_over_for_the_next() -> None:
+    """The fastest accurate candidate at batch 1 runs 0.8x fp32 at batch 32: it is judged, refused, and the next
+    accurate one (faster than fp32 at both) is kept."""
+    script = {"fast": (True, 3.0), "mid": (True, 2.0), "bad": (False, 4.0), "bad+fp32:1": (False, 3.5),
+              "bad+fp32:2": (False, 2.5)}
+    speeds = {"fast": (3.0, 0.8), "mid": (2.0, 1.5)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("fast", "mid", "bad"), max_fp32_nodes=2),  # type: ignore[arg-type]
+                          speeds)
+    found = tuner.run()
+    assert found["winner"].name == "mid" and found["winner"].fast
+    assert tuner.judged == ["fast", "mid"]  # fastest at batch 1 first; the inaccurate ones never judged for speed
+    fast = next(c for c in found["candidates"] if c.name == "fast")
+    assert fast.fast is False and fast.speed["batch_32"]["speedup"] == 0.8
+    assert all(c.fast is None for c in found["candidates"] if c.name.startswith("bad"))
+
+
+def test_min_speedup_is_the_bar_at_both_batch_sizes() -> None:
+    """At --int8-min-speedup 1.6, 1.8x / 1.5x fails and 1.7x / 1.65x passes; a bar nothing clears keeps nothing."""
+    script = {"a": (True, 1.8), "b": (True, 1.7)}
+    speeds = {"a": (1.8, 1.5), "b": (1.7, 1.65)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("a", "b"), min_speedup=1.6), speeds)  # type: ignore[arg-type]
+    assert tuner.run()["winner"].name == "b"
+    tuner = ScriptedTuner(script, Int8Config(recipes=("a", "b"), min_speedup=1.7), speeds)  # type: ignore[arg-type]
+    found = tuner.run()
+    assert found["winner"] is None and tuner.judged == ["a", "b"]
+    assert [c.fast for c in found["candidates"]] == [False, False]
+
+
+def test_a_recipe_below_the_speed_rule_as_it_is_is_not_searched() -> None:
+    """Keeping nodes fp32 only slows a candidate: a failing recipe already slower than fp32 at batch 1 gets no
+    fallback search, and a fallback that falls below the rule stops the search of its recipe."""
+    script = {"slow": (False, 0.9), "edge": (False, 1.2), "edge+fp32:1": (False, 0.95)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("slow", "edge")))  # type: ignore[arg-type]
+    found = tuner.run()
+    assert found["winner"] is None and tuner.built == ["slow", "edge", "edge+fp32:1"]
+    assert "below the speed rule" in found["not_searched"]["slow"]
+    assert found["not_searched"]["edge"].startswith("stopped at edge+fp32:1: 0.95x")
+
+
+def fake_p50(ms: dict[str, tuple[float, float]]) -> Any:
+    """``p50_ms`` with scripted latencies: (batch-1, batch-32) ms by session name, "fp32" included."""
+    def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+        batch = batches[0]["input_ids"].shape[0]
+        return {name: ms[name][0 if batch == 1 else 1] for name in sessions}
+    return p50_ms
+
+
+def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_reads(
+        teacher_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on the tiny teacher, with the timer faked: dynamic is 2x fp32 at batch 1 but 0.5x at batch 32, so
+    blockwise-32 (1.25x at both) is written; the manifest holds both timings, the verdict and the thread count, and
+    ``auto`` takes the fastest variant by the latencies the export recorded."""
+    import shutil
+
+    import onnx
+
+    import kdfast.export.int8 as int8_module
+    from kdfast.serve.predict import ONNX_RUNTIMES, choose_runtime, passed_variants
+
+    monkeypatch.setattr(int8_module, "p50_ms", fake_p50({"fp32": (10.0, 100.0), "dynamic": (5.0, 200.0),
+                                                         "blockwise-32": (8.0, 80.0)}))
+    run_dir = tmp_path / "teacher"
+    shutil.copytree(teacher_run, run_dir, ignore=shutil.ignore_patterns("onnx"))
+    cfg = Int8Config(calibration=32, held_out=100, recipes=("dynamic", "blockwise-32"), timing_rounds=1,
+                     min_agreement=0.5, max_drop=1.0)
+    manifest = run(ExportConfig(run_dir=run_dir, int8=True, int8_tuning=cfg, threads=1, max_check_sentences=16,
+                                progress=False))
+    int8 = manifest["int8"]
+    by = {c["name"]: c for c in int8["candidates"]}
+    assert by["dynamic"]["passed"] and by["dynamic"]["fast"] is False  # accurate, slower than fp32 at batch 32
+    assert int8["winner"] == "blockwise-32" and by["blockwise-32"]["fast"]
+    ops = {n.op_type for n in onnx.load(str(run_dir / "onnx" / "model.int8.onnx")).graph.node}
+    assert "MatMulNBits" in ops  # the file written is the blockwise candidate
+    speed = int8["speed"]
+    assert speed["batch_1"] == {"fp32_p50_ms": 10.0, "int8_p50_ms": 8.0, "speedup": 1.25}
+    assert speed["batch_32"] == {"fp32_p50_ms": 100.0, "int8_p50_ms": 80.0, "speedup": 1.25}
+    assert speed["verdict"] == "pass" and speed["min_speedup"] == 1.0 and speed["threads"] == 1
+    assert int8["speed_rule"] == {"min_speedup": 1.0, "batches": [1, 32], "threads": 1,
+                                  "statistic": "p50, interleaved with fp32 in one run"}
+    on_disk = json.loads((run_dir / "onnx" / MANIFEST).read_text())
+    assert on_disk["int8"]["speed"] == speed
+    latency = on_disk["latency"]  # what auto reads, timed at the same threads
+    assert latency["threads"] == 1 and set(latency["ms"]) == {"fp32", "int8"} and min(latency["ms"].values()) > 0
+    fastest = min(passed_variants(on_disk) & set(latency["ms"]), key=latency["ms"].__getitem__)
+    assert ONNX_RUNTIMES[choose_runtime(run_dir, "auto")] == fastest
+
+
+def test_export_writes_nothing_when_no_accurate_candidate_is_faster_than_fp32(
+        teacher_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """Every candidate accurate, every one slower than fp32 (timer faked): ``kdfast export`` writes nothing and
+    prints one error line with the best candidate's agreement and both speed-ups."""
+    import kdfast.export.int8 as int8_module
+    from kdfast.cli.main import main
+    from kdfast.cli.output import console
+
+    monkeypatch.setattr(console, "width", 200)
+    names = ["fp32", "dynamic", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile"]
+    ms = {n: (10.0, 100.0) if n == "fp32" else (20.0, 125.0) for n in names}  # 0.5x and 0.8x
+    ms["blockwise-32"] = (12.5, 110.0)  # 0.8x and ~0.91x: the best of the slow ones
+    monkeypatch.setattr(int8_module, "p50_ms", fake_p50(ms))
+    out = tmp_path / "onnx"
+    monkeypatch.setattr(sys, "argv", ["kdfast", "export", "--onnx", str(teacher_run), "--out", str(out), "--int8",
+                                      "--int8-min-agreement", "0.5", "--int8-max-drop", "1", "--int8-calibration",
+                                      "32"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code != 0 and not out.exists()
+    captured = capsys.readouterr()
+    errors = [line for line in (captured.out + captured.err).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in captured.err
+    line = errors[0]
+    assert "no accurate candidate is at least 1.00x fp32" in line and "nothing was written" in line
+    assert "blockwise-32" in line and "0.80x fp32 at batch 1 and 0.91x at batch 32" in line
+    assert "% agreement" in line and "Δ MCC" in line
+    assert "slow" in captured.out  # the table marks the accurate candidates the speed rule refused

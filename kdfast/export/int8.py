@@ -29,7 +29,16 @@ sensitive nodes kept fp32 (``+fp32:k``):
 The search: every recipe is built and judged as it is, and timed against fp32 in one interleaved run. A recipe that
 fails gets its nodes ranked and kept fp32 a few more at a time, fastest recipe first, until a candidate passes or
 runs no faster than one that passed already (keeping more nodes fp32 only slows it down): a recipe slower than a
-passing candidate is not searched at all. The passing candidates are timed together once more and the fastest kept.
+passing candidate, or already below the speed rule as it is, is not searched at all. The passing candidates are timed
+together once more and, fastest at batch 1 first, each is held to the speed rule until one meets it.
+
+The speed rule: an int8 slower than fp32 is never kept. The candidate kept must run at least ``min_speedup`` times
+fp32's speed (p50 latency, fp32 and int8 timed interleaved in one run) at batch 1 AND at batch 32, at the ONNX
+Runtime thread count it will serve with (``threads``; 0 is ONNX Runtime's default, what ``kdfast predict`` and
+``serve`` use without ``--threads``). An accurate candidate that fails it is passed over for the next accurate one;
+when none meets it, nothing is written and the error says the best one's agreement and both speed-ups. The default
+1.0 means "never slower"; the issue's goal (1.6x at batch 1 and 32 on the MiniLM and GPT-2-size teachers) is not met
+everywhere and is not the default.
 
 A candidate passes when the rule holds with confidence, not by its point estimate: the one-sided lower confidence
 bound (Wilson score, ``confidence`` 95%) of its agreement must reach ``min_agreement``, a held-out sentence and its
@@ -87,6 +96,7 @@ from kdfast.metrics import mcc
 
 RECIPES = ("dynamic", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile")
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
+SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
 
 
 @dataclass
@@ -101,7 +111,8 @@ class Int8Config:
     rank_sentences: int = 300  # calibration sentences the sensitivity ranking is measured on
     percentile: float = 99.999  # static-percentile's clipping point
     recipes: tuple[str, ...] = RECIPES
-    threads: int = 1  # ONNX Runtime threads for the speed measurement
+    threads: int = 0  # ONNX Runtime intra-op threads every timing runs at; 0: its default, as predict/serve use
+    min_speedup: float = 1.0  # the kept int8 runs ≥ this x fp32's speed at batch 1 and 32 (1.0: never slower)
     timing_rounds: int = 5  # rounds of TIMING_SENTENCES batch-1 calls per candidate, interleaved
     batch_size: int = 64  # sentences per batch when scoring (as the parity check batches)
     seed: int = 0
@@ -116,6 +127,8 @@ class Int8Config:
             (self.max_fp32_nodes is None or self.max_fp32_nodes >= 0,
              f"max fp32 nodes must be at least 0, got {self.max_fp32_nodes}"),
             (set(self.recipes) <= set(RECIPES) and bool(self.recipes), f"recipes must be among {RECIPES}"),
+            (self.min_speedup >= 0, f"--int8-min-speedup must be at least 0, got {self.min_speedup}"),
+            (self.threads >= 0, f"--threads must be at least 0 (0: ONNX Runtime's default), got {self.threads}"),
         ])
 
 
@@ -138,6 +151,8 @@ class Candidate:
     p50_b1_ms: float = float("nan")  # batch-1 p50 latency
     speedup_b1: float = float("nan")  # fp32 p50 / its p50, same run
     mb: float = float("nan")  # file size, 10^6 bytes
+    speed: dict[str, Any] | None = None  # an accurate one's speed-rule timing against fp32 (:meth:`Tuner.speed`)
+    fast: bool | None = None  # it met the speed rule; None: not judged (inaccurate, or a faster one met it)
     error: str = ""  # the quantizer or ONNX Runtime failed on it
 
 
@@ -421,6 +436,10 @@ class Tuner:
                 skipped[bare.recipe] = (f"{bare.speedup_b1:.2f}x fp32 as it is, no faster than a passing candidate "
                                         f"({best:.2f}x)")
                 continue
+            if bare.speedup_b1 < cfg.min_speedup:  # keeping nodes fp32 would only slow it further
+                skipped[bare.recipe] = (f"{bare.speedup_b1:.2f}x fp32 at batch 1 as it is, below the speed rule "
+                                        f"({cfg.min_speedup:.2f}x)")
+                continue
             ranked = self.rank(bare.recipe)
             ranking[bare.recipe] = [{"node": n, "mse_gain": g} for n, g in ranked]
             limit = len(ranked) * 3 // 4 if cfg.max_fp32_nodes is None else cfg.max_fp32_nodes
@@ -437,11 +456,30 @@ class Tuner:
                     skipped[bare.recipe] = (f"stopped at {c.name}: " + (c.error if c.error else
                                             f"{c.speedup_b1:.2f}x fp32, no faster than a passing candidate"))
                     break
+                if c.speedup_b1 < cfg.min_speedup:
+                    skipped[bare.recipe] = (f"stopped at {c.name}: {c.speedup_b1:.2f}x fp32 at batch 1, below the "
+                                            f"speed rule ({cfg.min_speedup:.2f}x)")
+                    break
         passing = [c for c in candidates if c.passed]
-        if len(passing) > 1:  # the winner decided in one measurement
+        if len(passing) > 1:  # their order decided in one measurement
             self.time(passing)
-        winner = min(passing, key=lambda c: c.p50_b1_ms) if passing else None
-        return {"candidates": candidates, "winner": winner, "ranking": ranking, "not_searched": skipped}
+        return {"candidates": candidates, "winner": self.choose(passing), "ranking": ranking,
+                "not_searched": skipped}
+
+    def choose(self, accurate: list[Candidate]) -> Candidate | None:
+        """The speed rule: the accurate candidates, fastest at batch 1 first, each timed against fp32 at batch 1 and
+        32 until one is at least ``min_speedup`` x fp32 at both; None when none is (an int8 slower than fp32 is
+        never kept)."""
+        for c in sorted(accurate, key=lambda c: c.p50_b1_ms):
+            c.speed = self.speed(c)
+            c.fast = all(c.speed[f"batch_{b}"]["speedup"] >= self.cfg.min_speedup for b, _ in SPEED_BATCHES)
+            self.say(f"int8: {c.name}: " + ", ".join(f"{c.speed[f'batch_{b}']['speedup']:.2f}x fp32 at batch {b}"
+                                                    for b, _ in SPEED_BATCHES)
+                     + f" ({describe_threads(self.cfg.threads)}): "
+                     + ("meets" if c.fast else "fails") + f" the speed rule (≥ {self.cfg.min_speedup:.2f}x)")
+            if c.fast:
+                return c
+        return None
 
     def verdict(self, c: Candidate) -> str:
         return (f"{c.agreement:.2%} agreement (≥ {c.agreement_lower:.2%} at {self.cfg.confidence:.0%}), "
@@ -458,16 +496,21 @@ class Tuner:
             if c.name in p50:
                 c.p50_b1_ms, c.speedup_b1 = p50[c.name], p50["fp32"] / p50[c.name]
 
-    def speed(self, winner: Path) -> dict[str, Any]:
-        """The winner against fp32 at batch 1 and 32, measured here."""
+    def speed(self, c: Candidate) -> dict[str, Any]:
+        """``c`` against fp32 at batch 1 and 32, the two sessions interleaved call by call, at the serving threads."""
         out: dict[str, Any] = {"threads": self.cfg.threads, "reference": self.inputs.fp32.name}
-        sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads), "int8": session(winner, self.cfg.threads)}
-        for batch, n in ((1, TIMING_SENTENCES), (32, 2)):
+        sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads),
+                    c.name: session(self.files[c.name], self.cfg.threads)}
+        for batch, n in SPEED_BATCHES:
             feeds = timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names, batch, n)
             p50 = p50_ms(sessions, feeds, self.cfg.timing_rounds)
-            out[f"batch_{batch}"] = {"fp32_p50_ms": p50["fp32"], "int8_p50_ms": p50["int8"],
-                                     "speedup": p50["fp32"] / p50["int8"]}
+            out[f"batch_{batch}"] = {"fp32_p50_ms": p50["fp32"], "int8_p50_ms": p50[c.name],
+                                     "speedup": p50["fp32"] / p50[c.name]}
         return out
+
+
+def describe_threads(threads: int) -> str:
+    return f"{threads} thread(s)" if threads else "ONNX Runtime's default threads"
 
 
 def fallback_steps(n: int) -> list[int]:
@@ -508,9 +551,12 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
     cfg.validate()
     data = CalibrationSet.draw(train, cfg.calibration, cfg.held_out, cfg.seed, cfg.perturbed)
     report: dict[str, Any] = {
-        "method": "accuracy-aware: the fastest candidate that holds the rule on held-out training sentences",
+        "method": "accuracy-aware: the fastest candidate that holds the rule on held-out training sentences and "
+                  "is at least min_speedup x fp32 at batch 1 and 32",
         "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
                  "confidence": cfg.confidence},
+        "speed_rule": {"min_speedup": cfg.min_speedup, "batches": [b for b, _ in SPEED_BATCHES],
+                       "threads": cfg.threads, "statistic": "p50, interleaved with fp32 in one run"},
         "calibration": {"split": "train", "seed": cfg.seed, "sentences": len(data.calibration),
                         "sha256": sentences_sha256([e.text for e in data.calibration]),
                         "held_out": len(data.held_out),
@@ -533,18 +579,38 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
             "not_searched": found["not_searched"],
             "winner": winner.name if winner else None,
         }
+        judged = [c for c in found["candidates"] if c.speed is not None]
+        if winner is None and judged:
+            raise Int8RuleError(too_slow(judged, cfg), report)
         if winner is None:
             raise Int8RuleError(f"int8: no candidate holds the rule (≥ {cfg.min_agreement:.1%} agreement with fp32 at "
                                 f"{cfg.confidence:.0%} confidence, "
                                 f"|Δ MCC| ≤ {cfg.max_drop}) on {len(data.held_out)} held-out training sentences"
                                 f"{' and their perturbed copies' if data.perturbed else ''}; see the table; nothing "
                                 "was written", report)
-        say(f"int8: {winner.name} wins ({winner.speedup_b1:.2f}x fp32 at batch 1); timing it at batch 1 and 32")
+        assert winner.speed is not None
+        say(f"int8: {winner.name} kept: accurate, and {winner.speed['batch_1']['speedup']:.2f}x / "
+            f"{winner.speed['batch_32']['speedup']:.2f}x fp32 at batch 1 / 32")
         shutil.copyfile(tuner.files[winner.name], dst)
         report |= {"recipe": winner.recipe, "from": winner.source, "kept_fp32": winner.kept_fp32,
                    "held_out": {"agreement": winner.agreement, "agreement_held_out": winner.agreement_held_out,
                                 "agreement_perturbed": winner.agreement_perturbed,
                                 "agreement_lower": winner.agreement_lower, "mcc": winner.mcc,
                                 "mcc_drop": winner.mcc_drop, "fp32_mcc": winner.mcc + winner.mcc_drop},
-                   "speed": tuner.speed(dst)}
+                   "speed": winner.speed | {"min_speedup": cfg.min_speedup, "verdict": "pass"}}
     return report
+
+
+def too_slow(judged: list[Candidate], cfg: Int8Config) -> str:
+    """The error when accurate candidates exist but none meets the speed rule: the best of them (by its slower
+    speed-up of the two batch sizes), its agreement and both speed-ups."""
+    def speedups(c: Candidate) -> tuple[float, float]:
+        assert c.speed is not None
+        return c.speed["batch_1"]["speedup"], c.speed["batch_32"]["speedup"]
+
+    best = max(judged, key=lambda c: min(speedups(c)))
+    b1, b32 = speedups(best)
+    return (f"int8: no accurate candidate is at least {cfg.min_speedup:.2f}x fp32's speed at batch 1 and 32 "
+            f"({describe_threads(cfg.threads)}; --int8-min-speedup); the best of {len(judged)}, {best.name} "
+            f"({best.agreement:.2%} agreement, Δ MCC {-best.mcc_drop:+.4f}), ran {b1:.2f}x fp32 at batch 1 and "
+            f"{b32:.2f}x at batch 32; nothing was written")

@@ -4,12 +4,13 @@ One stage, shaped setup → export → variants → check → save (``run``). It
 
     model.onnx          fp32, inputs input_ids [batch, seq] int64 (+ attention_mask for the teacher), logits [batch, C]
     model.opt.onnx      --optimize: ONNX Runtime's transformer optimizer (fused attention, LayerNorm, Gelu, ...)
-    model.int8.onnx     --int8: the fastest int8 candidate that keeps fp32's labels (``kdfast.export.int8``),
-                        for the CPU
+    model.int8.onnx     --int8: the fastest int8 candidate that keeps fp32's labels and is at least
+                        --int8-min-speedup x fp32 at batch 1 and 32 at --threads (``kdfast.export.int8``), for the CPU
     model.fp16.onnx     --fp16: for CUDA; LayerNorm and the inputs/outputs stay fp32
     tokenizer/ or vocab.json   what turns a sentence into input_ids
     manifest.json       source run, label names (``labels[id]``), exporter, opset, inputs/outputs and their
-                        dynamic axes, versions, sha256 of every file, parity results
+                        dynamic axes, versions, sha256 of every file, parity results, each CPU variant's batch-1
+                        latency at --threads (``latency``, what ``--runtime auto`` reads)
 
 The exporter is TorchScript's (``torch.onnx.export(dynamo=False)``), deprecated since torch 2.9 but right for all our
 models in torch 2.13: the dynamo exporter's opset-17 graph of GPT-2 fails ONNX Runtime's checker (a ``Split`` with
@@ -37,7 +38,7 @@ import importlib.metadata
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,9 @@ class ExportConfig:
     optimize: bool = False  # also write model.opt.onnx (ONNX Runtime's transformer optimizer)
     int8: bool = False  # also write model.int8.onnx (accuracy-aware int8 tuning, CPU)
     int8_tuning: Int8Config = field(default_factory=Int8Config)  # its rule and calibration (kdfast.export.int8)
+    # ONNX Runtime intra-op threads the models will serve with; 0: its default, as kdfast predict/serve without
+    # --threads. The int8 speed rule and the latencies ``--runtime auto`` reads are timed at it.
+    threads: int = 0
     fp16: bool = False  # also write model.fp16.onnx (CUDA; LayerNorm and IO kept fp32)
     triton_repo: Path | None = None  # also write a Triton model repository entry here
     triton_name: str | None = None  # its model name; default the run folder's name
@@ -99,6 +103,7 @@ class ExportConfig:
             (14 <= self.opset <= max_opset, f"--opset must be between 14 and {max_opset}, got {self.opset}"),
             (self.atol > 0, f"--atol must be positive, got {self.atol}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.threads >= 0, f"--threads must be at least 0 (0: ONNX Runtime's default), got {self.threads}"),
             (self.triton_max_batch_size >= 1, f"Triton max batch size must be at least 1, got "
                                               f"{self.triton_max_batch_size}"),
             (self.max_check_sentences is None or self.max_check_sentences >= 8,  # the shape checks take 8
@@ -419,7 +424,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
         # --- check
         parity = check_all(cfg, source, tmp, plan, dev, dev_targets, data_source, say)
-        latency = time_variants(source, tmp, plan, say)
+        latency = time_variants(source, tmp, plan, say, threads=cfg.threads)
 
         # --- save
         manifest: dict[str, Any] = {
@@ -470,7 +475,7 @@ def tune_int8(cfg: ExportConfig, source: ExportSource, folder: Path, src: Path, 
     inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=src, encode=source.encode, pad_id=source.pad_id,
                         input_names=source.input_names)
     try:
-        return tune(inputs, train, dst, cfg.int8_tuning, say)
+        return tune(inputs, train, dst, replace(cfg.int8_tuning, threads=cfg.threads), say)
     except Int8RuleError as e:
         raise ParityError(str(e), {"int8": e.report, "parity": {"checked": False, "passed": False,
                                                                  "note": "not reached: int8 tuning failed"}}) from None
@@ -532,20 +537,22 @@ LATENCY_SENTENCES = ["The book that John wrote was read by everyone.", "Books.",
 
 
 def time_variants(source: ExportSource, folder: Path, plan: list[dict[str, Any]], say: Callable[..., None],
-                  rounds: int = 15, budget_s: float = 3.0) -> dict[str, Any]:
+                  rounds: int = 15, budget_s: float = 3.0, threads: int = 0) -> dict[str, Any]:
     """Each CPU variant's batch-1 latency, for ``--runtime auto`` to take the fastest that passed its check.
 
-    One sentence at a time (six of them, in turn), on ONNX Runtime's CPU provider with its default threads, as
-    ``kdfast predict`` runs; the variants take turns round by round, so a machine busy for a moment slows them
-    alike; the median of each. At most ``rounds`` rounds, fewer once ``budget_s`` is spent (a large teacher)."""
+    One sentence at a time (six of them, in turn), on ONNX Runtime's CPU provider with ``threads`` intra-op threads
+    (0: its default, as ``kdfast predict`` runs without ``--threads``); the variants take turns round by round, so a
+    machine busy for a moment slows them alike; the median of each. At most ``rounds`` rounds, fewer once
+    ``budget_s`` is spent (a large teacher)."""
     import time
 
-    from kdfast.export.parity import feeds, session
+    from kdfast.export.int8 import session
+    from kdfast.export.parity import feeds
 
     timed = [v for v in plan if v["variant"] in ("fp32", "optimized", "int8")]  # fp16 is for the GPU
     say(f"timing {', '.join(v['variant'] for v in timed)} at batch 1")
     batches = [pad_batch([row], source.pad_id) for row in source.encode(LATENCY_SENTENCES)]  # (1, T) each
-    sessions = {v["variant"]: session(folder / v["file"]) for v in timed}
+    sessions = {v["variant"]: session(folder / v["file"], threads) for v in timed}
     inputs = {k: [feeds(i, m, [x.name for x in s.get_inputs()]) for i, m in batches] for k, s in sessions.items()}
     samples: dict[str, list[float]] = {k: [] for k in sessions}
     for k, sess in sessions.items():  # warm-up: the first runs allocate
@@ -560,7 +567,7 @@ def time_variants(source: ExportSource, folder: Path, plan: list[dict[str, Any]]
                 samples[k].append(1000 * (time.perf_counter() - t0))
         if time.perf_counter() - start > budget_s:
             break
-    return {"batch": 1, "provider": "CPUExecutionProvider", "sentences": len(LATENCY_SENTENCES),
+    return {"batch": 1, "provider": "CPUExecutionProvider", "threads": threads, "sentences": len(LATENCY_SENTENCES),
             "runs": len(next(iter(samples.values()), [])), "statistic": "median",
             "ms": {k: float(np.median(v)) for k, v in samples.items()}}
 
