@@ -73,6 +73,9 @@ def print_int8(int8: dict[str, Any]) -> None:
     cal = int8["calibration"]
     console.print(f"calibration: {cal['sentences']} training sentences (sha256 {cal['sha256'][:12]}), unpadded; "
                   f"rule judged on {cal['held_out']} others")
+    if rule := int8.get("speed_rule"):  # exports from before the speed rule have none
+        console.print(f"speed rule: ≥ {rule['min_speedup']:.2f}x fp32 at batch 1 and 32 "
+                      f"({rule['threads'] or 'default'} thread(s)); 'slow': accurate but below it")
     for recipe, why in int8["not_searched"].items():
         console.print(f"{recipe}: no further fallback: {why}")
     if int8["winner"] is None:

@@ -623,3 +623,25 @@ def test_export_writes_nothing_when_no_accurate_candidate_is_faster_than_fp32(
     assert "blockwise-32" in line and "0.80x fp32 at batch 1 and 0.91x at batch 32" in line
     assert "% agreement" in line and "Δ MCC" in line
     assert "slow" in captured.out  # the table marks the accurate candidates the speed rule refused
+
+
+def test_the_pipelines_export_drops_an_int8_that_is_too_slow(teacher_run: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_dropping_failed_int8`` (what ``kdfast pipeline`` exports with) turns the speed rule's refusal into an
+    export without int8, and says why (timer faked: int8 2x slower than fp32)."""
+    import shutil
+
+    import kdfast.export.int8 as int8_module
+    from kdfast.export.onnx import run_dropping_failed_int8
+
+    monkeypatch.setattr(int8_module, "p50_ms", fake_p50({"fp32": (1.0, 10.0), "dynamic": (2.0, 20.0)}))
+    run_dir = tmp_path / "teacher"
+    shutil.copytree(teacher_run, run_dir, ignore=shutil.ignore_patterns("onnx"))
+    said: list[str] = []
+    cfg = Int8Config(calibration=32, held_out=100, recipes=("dynamic",), timing_rounds=1, min_agreement=0.5,
+                     max_drop=1.0)
+    manifest = run_dropping_failed_int8(ExportConfig(run_dir=run_dir, int8=True, int8_tuning=cfg,
+                                                     max_check_sentences=16, progress=False), said.append)
+    assert "int8" not in {v["variant"] for v in manifest["variants"]} and manifest["parity"]["passed"]
+    assert not (run_dir / "onnx" / "model.int8.onnx").exists()
+    assert len(said) == 1 and "0.50x fp32 at batch 1 and 0.50x at batch 32" in said[0] and "without it" in said[0]

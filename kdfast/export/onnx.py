@@ -609,7 +609,6 @@ def run_dropping_failed_int8(cfg: ExportConfig, say: Callable[..., None]) -> dic
             failed = [v["variant"] for v in e.manifest["parity"]["variants"] if v["checked"] and not v["passed"]]
         if failed != ["int8"] or not cfg.int8:
             raise
-        say(f"{cfg.run_dir}: export refused every int8 candidate (see kdfast export --onnx --int8); exporting "
-            "without it")
+        say(f"{cfg.run_dir}: export refused every int8 candidate ({e}); exporting without it")
         cfg.int8 = False
         return run(cfg)
