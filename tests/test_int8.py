@@ -645,3 +645,22 @@ def test_the_pipelines_export_drops_an_int8_that_is_too_slow(teacher_run: Path, 
     assert "int8" not in {v["variant"] for v in manifest["variants"]} and manifest["parity"]["passed"]
     assert not (run_dir / "onnx" / "model.int8.onnx").exists()
     assert len(said) == 1 and "0.50x fp32 at batch 1 and 0.50x at batch 32" in said[0] and "without it" in said[0]
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--int8-min-speedup", "-1", "--int8-min-speedup must be at least 0"),
+    ("--threads", "-2", "--threads must be at least 0"),
+])
+def test_bad_speed_flags_are_one_error_line_before_any_work(teacher_run: Path, tmp_path: Path, flag: str, value: str,
+                                                            says: str, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from kdfast.cli.main import main
+
+    out = tmp_path / "onnx"
+    monkeypatch.setattr(sys, "argv", ["kdfast", "export", "--onnx", str(teacher_run), "--out", str(out), "--int8",
+                                      flag, value])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and not out.exists()
+    assert err.startswith("error: ") and says in err and len(err.strip().splitlines()) == 1

@@ -110,6 +110,8 @@ class ExportConfig:
              f"max_check_sentences must be at least 8, got {self.max_check_sentences}"),
         ]
         require(checks)
+        if self.int8:  # the int8 flags' errors before any export work
+            self.int8_tuning.validate()
 
 
 class ParityError(KdfastError):
