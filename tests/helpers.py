@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -131,3 +137,25 @@ def alive_in_group(pgid: int) -> list[str]:
         if int(fields[2]) == pgid and fields[0] not in "ZX":
             found.append(f"{entry.name} {fields[0]} {cmd[:120]}")
     return found
+
+
+@contextlib.contextmanager
+def count_launches() -> Iterator[Counter]:
+    """Counts the Triton kernel launches of kdfast.kernels.lora_matmul inside the block: counts["mm"]
+    (lora_mm_kernel) and counts["grad"] (lora_grad_kernel), each a call of its launcher. lora_matmul falls back to
+    its torch reference where the kernel cannot run, so a test that compares it with the reference must count."""
+    from kdfast.kernels import lora_matmul as lm
+
+    counts: Counter = Counter()
+
+    def counted(name: str, launch: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return launch(*args, **kwargs)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm, "_launch_lora_mm", counted("mm", lm._launch_lora_mm))
+        mp.setattr(lm, "_launch_lora_grad", counted("grad", lm._launch_lora_grad))
+        yield counts

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_benchmark
+from helpers import count_launches, load_benchmark
+
+# where the kernel runs: CUDA, else the CPU under Triton's interpreter (conftest.py switches it on without CUDA)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +99,26 @@ def test_exits_without_cuda(bench) -> None:
 
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
 def test_providers_compute_the_same_function(bench, layout: str) -> None:
-    fns = bench.make_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device="cpu")
+    """Counting the Triton launches: "fused" is the kernel (under the interpreter here), never lora_matmul's fallback
+    to the very reference it is compared with."""
+    fns = bench.make_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device=DEVICE)
     reference = fns["reference"]()
     for provider in bench.PROVIDERS:
-        torch.testing.assert_close(fns[provider](), reference, rtol=1e-4, atol=1e-4)
+        with count_launches() as launches:
+            got = fns[provider]()
+        torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4)
+        assert (launches["mm"] > 0) == (provider == "fused") and not launches["grad"], (provider, launches)
 
 
 @pytest.mark.parametrize("layout", ["conv1d", "linear"])
 def test_backward_providers_compute_the_same_gradients(bench, layout: str) -> None:
-    fns, trainable = bench.make_backward_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device="cpu")
+    fns, trainable = bench.make_backward_providers(5, 48, 40, 4, torch.float32, layout, 2.0, device=DEVICE)
     reference = fns["reference"]()
     for provider in bench.PROVIDERS:
-        grads = fns[provider]()
+        with count_launches() as launches:
+            grads = fns[provider]()
+        fused = provider == "fused"
+        assert (launches["mm"] > 0, launches["grad"] > 0) == (fused, fused), (provider, launches)  # the kernels ran
         assert len(grads) == (1 if provider == "merged" else 3) == len(trainable[provider])
         for got, want in zip(grads, reference, strict=False):  # merged: dx only
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

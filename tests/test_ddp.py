@@ -58,6 +58,68 @@ def test_kd_loss_slices_add_up_to_the_global_batch() -> None:
     assert float(parts) == pytest.approx(float(whole), rel=1e-6)
 
 
+@pytest.mark.parametrize("distilled", [False, True], ids=["train-rnn", "distill"])
+def test_each_step_gets_the_gradient_of_the_global_batch_mean_loss(
+        distilled: bool, tmp_path: Path, cola_dir: Path, teacher_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process, 3 micro-batches per step (the last step's uneven, even empty): the gradient every optimizer
+    step is given is the gradient of the global batch's mean loss, written out here from its definition (Hinton's KD
+    loss over all rows plus cross-entropy over the labelled ones), not through kd_loss. Adam undoes a constant scale
+    of the loss, so the weights would not show a loss weight off by a factor; the gradient does (a relative error of
+    0.5 when halved, where float summation order leaves 2.2e-7 at most). The two-process runs below compare their
+    gradients with this one-process path."""
+    import torch.nn.functional as F
+
+    import kdfast.train.distill as distill
+    from kdfast.batching import pad_batch
+    from kdfast.train.distributed import Context
+    from kdfast.train.vocab import WordVocab
+
+    models: list[torch.nn.Module] = []
+    batches: list[distill.Batch] = []
+    errors: list[float] = []
+    wrap, epoch_batches, optimizer_step = Context.wrap, distill.epoch_batches, distill.optimizer_step
+
+    def recording_wrap(self: Context, model: torch.nn.Module) -> torch.nn.Module:
+        models.append(model)
+        return wrap(self, model)
+
+    def recording_batches(*args: object) -> object:
+        for batch in epoch_batches(*args):
+            batches.append(batch)
+            yield batch
+
+    def checked_step(optimizer: object, scheduler: object, scaler: object, params: list[torch.nn.Parameter],
+                     max_grad_norm: float) -> None:
+        (model,), batch = models, batches[-1]
+        ids, mask = pad_batch(batch.ids, WordVocab.pad_id)
+        s = model(ids, mask).float()  # (B, C): the whole global batch at once
+        labelled = batch.labels >= 0
+        loss = F.cross_entropy(s[labelled], batch.labels[labelled])  # the mean over the labelled rows
+        if distilled:
+            t, alpha = cfg.temperature, cfg.alpha
+            p_t = F.softmax(batch.soft.float() / t, dim=-1)
+            kl = (p_t * (p_t.log() - F.log_softmax(s / t, dim=-1))).sum(-1).mean()  # the mean over all rows
+            loss = alpha * t * t * kl + (1 - alpha) * loss
+        want = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+        got = torch.cat([p.grad.flatten() for p in params])
+        errors.append(float((got - want).norm() / want.norm()))
+        optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm)
+
+    monkeypatch.setattr(Context, "wrap", recording_wrap)
+    monkeypatch.setattr(distill, "epoch_batches", recording_batches)
+    monkeypatch.setattr(distill, "optimizer_step", checked_step)
+    common = {"data": str(cola_dir), "out": tmp_path / "s", "epochs": 2, "max_train_samples": 10, "batch_size": 9,
+              "grad_accum": 3, "hidden": 8, "embed_dim": 8, "dropout": 0.0, "device": "cpu", "progress": False}
+    # batches of 9 rows in micro-batches of 3, then the uneven last one: 3 rows in 3 micro-batches of 1 (distilled:
+    # 10 sentences and 20 synthetic, unlabelled, ones) or 1 row in one micro-batch and two empty ones (from scratch)
+    cfg = (distill.DistillConfig(**common, teacher=teacher_run, recipe="plain", augment=2, alpha=0.3) if distilled
+           else distill.ScratchConfig(**common))
+    distill.run(cfg)
+    assert len(errors) == (8 if distilled else 4)  # 2 epochs of 4 or 2 steps (the last batch uneven), each checked
+    assert sorted({len(b) for b in batches}) == ([3, 9] if distilled else [1, 9])
+    assert max(errors) <= 1e-5, errors
+
+
 def test_setup_refuses_an_indivisible_batch_and_low_precision_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -104,12 +166,16 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "KDFAST_NO_PROGRESS": "1", "PYTHONPATH": str(HERE)}
 
 
-def kdfast(args: list[str], procs: int, entry: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m kdfast ARGS`` in one process, or under ``torchrun --nproc-per-node procs``."""
-    entry = entry or ["-m", "kdfast"]
+def kdfast(args: list[str], procs: int, entry: list[str] | None = None, grads: Path | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """``python -m kdfast ARGS`` in one process, or under ``torchrun --nproc-per-node procs``; with ``grads``, through
+    tests/ddp_grads.py, which writes every optimizer step's gradients into that folder."""
+    extra = {"KDFAST_TEST_GRADS": str(grads)} if grads is not None else {}
+    entry = entry or ([str(HERE / "ddp_grads.py")] if grads is not None else ["-m", "kdfast"])
     launch = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   "--nproc-per-node", str(procs)]
-    return subprocess.run([*launch, *entry, *args], capture_output=True, text=True, env=env(), timeout=TIMEOUT)
+    return subprocess.run([*launch, *entry, *args], capture_output=True, text=True, env={**env(), **extra},
+                          timeout=TIMEOUT)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -125,8 +191,8 @@ def assert_close(a: Path, b: Path, rel: float = 1e-6) -> None:
     """Every tensor of ``a`` within ``rel`` (relative L2) of ``b``'s. The default leaves a wide margin both ways: two
     processes differ from one by 6e-9 to 2.5e-8 (float summation order), while a reviewer's data-parallel loss weight
     off by a factor of two moved the distilled student by 1.05e-5. Not enough alone: halving the weight in distill's
-    backward (``loss * ctx.world``) still passes, since Adam undoes a constant scale of the loss; the weights cannot
-    show such an error, a comparison of gradients or logged losses would."""
+    backward (``loss * ctx.world``) may pass, since Adam undoes a constant scale of the loss: the weights cannot show
+    such an error whole, so the runs' gradients are compared too (``assert_same_gradients``)."""
     x, y = load_file(str(a)), load_file(str(b))
     assert x.keys() == y.keys()
     for k in x:
@@ -137,6 +203,29 @@ def assert_close(a: Path, b: Path, rel: float = 1e-6) -> None:
         assert err <= rel, f"{a.name} {k}: relative difference {err:.2e}"
 
 
+GRAD_REL = 1e-4  # see assert_same_gradients
+
+
+def grads_of(run: Path) -> Path:
+    """Where a run's recorded gradients go: beside its parent folder, so that the run's own folder holds what kdfast
+    wrote and nothing else."""
+    return run.parent.with_name(f"{run.parent.name}-{run.name}-grads")
+
+
+def assert_same_gradients(a: Path, b: Path, steps: int) -> None:
+    """Each of ``steps`` optimizer steps got the same gradient in run ``a`` (two processes) as in run ``b`` (one),
+    within GRAD_REL relative L2 over all its parameters. Unlike the weights, the gradient scales with the loss: a
+    data-parallel loss weight off by a factor of two is a relative difference of 0.5 (or 1) in every step, while two
+    processes differ from one by float summation order only (at most 1.2e-6 seen here, in the LoRA teacher, as
+    the weights drift apart by as little)."""
+    assert len(list(a.glob("*.pt"))) == len(list(b.glob("*.pt"))) == steps
+    for n in range(steps):
+        x, y = (torch.cat([g.flatten() for g in torch.load(run / f"{n}.pt")]) for run in (a, b))
+        assert x.shape == y.shape and float(y.norm()) > 0
+        err = float((x - y).norm() / y.norm())
+        assert err <= GRAD_REL, f"step {n}: the gradient differs by {err:.2e} (relative L2)"
+
+
 @pytest.fixture(scope="module")
 def no_dropout_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2-no-dropout"), dropout=0.0)
@@ -144,12 +233,12 @@ def no_dropout_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory: pytest.TempPathFactory, no_dropout_gpt2: Path) -> dict[int, Path]:
-    """``train lora`` in one process and in two, each in a folder of its own."""
+    """``train lora`` in one process and in two, each in a folder of its own (its gradients beside it: ``grads_of``)."""
     runs = {}
     for procs in (1, 2):
         runs[procs] = tmp_path_factory.mktemp(f"teacher-{procs}") / "teacher"
         result = ok(kdfast(["train", "lora", "--model", str(no_dropout_gpt2), "--out", str(runs[procs]), *TEACHER],
-                           procs))
+                           procs, grads=grads_of(runs[procs])))
         assert result.stdout.count("wrote ") == 1  # rank 0 alone prints
     return runs
 
@@ -157,6 +246,7 @@ def teachers(tmp_path_factory: pytest.TempPathFactory, no_dropout_gpt2: Path) ->
 def test_two_processes_train_the_same_lora_teacher(teachers: dict[int, Path]) -> None:
     # LoRA's B factors start at zero, so their relative differences are the largest here: 1.09e-6 was seen at the
     # default lr 5e-4 (the test now trains at 3e-4); 1e-5 still leaves that noise a tenfold margin
+    assert_same_gradients(grads_of(teachers[2]), grads_of(teachers[1]), steps=12)  # 6 batches (the last of 4) x 2
     assert_close(teachers[2] / "adapter" / "adapter_model.safetensors",
                  teachers[1] / "adapter" / "adapter_model.safetensors", rel=1e-5)
 
@@ -176,8 +266,9 @@ def test_two_processes_write_one_run_folder_like_one_process(teachers: dict[int,
 def test_two_processes_train_the_same_rnn(tmp_path: Path, cola_dir: Path) -> None:
     runs = {procs: tmp_path / f"rnn-{procs}" for procs in (1, 2)}
     for procs, out in runs.items():
-        ok(kdfast(["train", "rnn", "--data", str(cola_dir), "--out", str(out), *STUDENT], procs))
+        ok(kdfast(["train", "rnn", "--data", str(cola_dir), "--out", str(out), *STUDENT], procs, grads=grads_of(out)))
     assert files(runs[2]) == files(runs[1])
+    assert_same_gradients(grads_of(runs[2]), grads_of(runs[1]), steps=12)
     assert_close(runs[2] / "student.safetensors", runs[1] / "student.safetensors")
 
 
@@ -189,9 +280,10 @@ def test_sharded_teacher_logits_equal_one_process(tmp_path: Path, teachers: dict
     for procs, out in runs.items():
         accum = ["--grad-accum", "2"] if procs == 2 else []
         ok(kdfast(["distill", "--teacher", str(teachers[1]), "--out", str(out), "--augment", "2", *accum, *STUDENT],
-                  procs))
+                  procs, grads=grads_of(out)))
     assert files(runs[2]) == files(runs[1])
     assert_close(runs[2] / "teacher_logits.safetensors", runs[1] / "teacher_logits.safetensors")
+    assert_same_gradients(grads_of(runs[2]), grads_of(runs[1]), steps=34)  # 132 rows (44 + 88 synthetic): 17 x 2
     assert_close(runs[2] / "student.safetensors", runs[1] / "student.safetensors")
 
 

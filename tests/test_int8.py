@@ -664,3 +664,46 @@ def test_bad_speed_flags_are_one_error_line_before_any_work(teacher_run: Path, t
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and not out.exists()
     assert err.startswith("error: ") and says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_refused_int8_is_dropped_with_a_note_and_the_rest_exported(teacher_run: Path, tmp_path: Path) -> None:
+    """What bench and the pipeline export through: int8 refused (here a rule 200 held-out sentences cannot prove),
+    the export is made again without it, says so once, and writes the fp32 model and a manifest without int8."""
+    from kdfast.export.onnx import run_dropping_failed_int8
+
+    notes: list[str] = []
+    out = tmp_path / "onnx"
+    manifest = run_dropping_failed_int8(ExportConfig(run_dir=teacher_run, out=out, int8=True,
+                                                     int8_tuning=Int8Config(held_out=200), max_check_sentences=16,
+                                                     progress=False), lambda *a, **k: notes.append(" ".join(a)))
+    assert len(notes) == 1 and notes[0].startswith(f"{teacher_run}: export refused every int8 candidate (int8: 200 "
+                                                   "held-out training sentences cannot show")
+    assert notes[0].endswith("); exporting without it")  # the reason, once
+    written = json.loads((out / MANIFEST).read_text())
+    assert [v["variant"] for v in written["variants"]] == [v["variant"] for v in manifest["variants"]] == ["fp32"]
+    assert written["parity"]["passed"] and not written.get("int8")
+    assert (out / "model.onnx").is_file() and not list(out.glob("*int8*"))
+
+
+@pytest.mark.parametrize("failure", ["fp32-and-int8", "fp32", "untuned-without-report", "int8-not-asked"])
+def test_only_a_failed_int8_alone_is_dropped(failure: str, tmp_path: Path) -> None:
+    """Any other failure stops the export as it is: a wrong fp32 model is never papered over by dropping int8."""
+    import kdfast.export.onnx as onnx
+
+    row = {"checked": True, "passed": True}
+    parity = {"checked": True, "variants": [{**row, "variant": "fp32", "passed": "fp32" not in failure},
+                                            {**row, "variant": "int8", "passed": failure == "fp32"}]}
+    manifest = ({"parity": {"checked": False}, "int8": {"candidates": []}} if failure == "untuned-without-report"
+                else {"parity": parity})
+    calls: list[bool] = []
+
+    def failing_run(cfg: ExportConfig) -> dict[str, Any]:
+        calls.append(cfg.int8)
+        raise ParityError("failed", manifest)
+
+    cfg = ExportConfig(run_dir=tmp_path, int8=failure != "int8-not-asked")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(onnx, "run", failing_run)
+        with pytest.raises(ParityError, match="failed"):
+            onnx.run_dropping_failed_int8(cfg, lambda *a, **k: pytest.fail("no note: nothing is dropped"))
+    assert calls == [cfg.int8]  # one export, not a second one without int8

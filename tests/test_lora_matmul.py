@@ -18,14 +18,11 @@ rounded inputs, flash-attention style: our error <= 2 x the error of torch's own
 three matmuls) + one ulp at the output's scale.
 """
 
-import contextlib
 import importlib
 import os
 import re
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +32,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 else:  # one configuration per group (far fewer compiles); bench_lora_matmul.py autotunes and checks the winners
     os.environ.setdefault("KDFAST_AUTOTUNE", "0")
+
+from helpers import count_launches
 
 from kdfast.kernels import lora_matmul as lm
 from kdfast.kernels.lora_matmul import fused_lora_supported, lora_matmul, lora_matmul_ref
@@ -79,25 +78,6 @@ def make_inputs(
     lora_b = randn(n, r, std=r**-0.5 / SCALE)  # B is zero at init in LoRA; random here so the term is tested
     b = randn(n) if bias else None
     return x, weight, lora_a, lora_b, b
-
-
-@contextlib.contextmanager
-def count_launches() -> Iterator[Counter]:
-    """Counts the kernel launches inside the block: counts["mm"] (lora_mm_kernel) and counts["grad"]
-    (lora_grad_kernel), each a call of its launcher."""
-    counts: Counter = Counter()
-
-    def counted(name: str, launch):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return launch(*args, **kwargs)
-
-        return wrapper
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lm, "_launch_lora_mm", counted("mm", lm._launch_lora_mm))
-        mp.setattr(lm, "_launch_lora_grad", counted("grad", lm._launch_lora_grad))
-        yield counts
 
 
 def unfused_torch(x, weight, lora_a, lora_b, scale, bias=None, *, weight_layout="linear") -> torch.Tensor:
