@@ -159,3 +159,52 @@ def test_a_changed_configuration_reruns_its_stage_and_those_that_read_it(tmp_pat
     assert "d" not in json.loads((tmp_path / "pipeline.json").read_text())["stages"]
     monkeypatch.setattr(pipeline, "build_stages", stages)
     assert pipeline.run(cfg)["ran"] == ["d"]
+
+
+def write_three_class_data(folder: Path) -> Path:
+    """A tiny dataset that is not CoLA: three classes named by words, in train.csv (60 rows) and dev.csv (30; 12 of
+    them "fish", the majority)."""
+    import csv
+
+    nouns = {"bird": ["sparrow", "robin", "crow"], "fish": ["trout", "salmon", "carp"], "tree": ["oak", "elm", "ash"]}
+    verbs = ["sits here", "is seen today", "grows old", "waits nearby", "was there"]
+
+    def rows(counts: dict[str, int], offset: int) -> list[tuple[str, str]]:
+        return [(f"the {nouns[label][(i + offset) % 3]} {verbs[(i + offset) % 5]} number {i}", label)
+                for label, n in counts.items() for i in range(n)]
+
+    folder.mkdir()
+    for name, part in (("train.csv", rows({"bird": 20, "fish": 20, "tree": 20}, 0)),
+                       ("dev.csv", rows({"bird": 9, "fish": 12, "tree": 9}, 1))):
+        with open(folder / name, "w", newline="") as f:
+            csv.writer(f).writerows([("text", "label"), *part])
+    return folder
+
+
+def test_pipeline_data_reaches_every_stage(tiny_gpt2: Path, tmp_path: Path, tiny_quick: None, capsys) -> None:
+    """``--data`` with a dataset that is not the default CoLA: every stage trains, exports, benchmarks and summarises
+    on it (a stage that fell back to CoLA would show CoLA's 1,043 dev sentences and its two labels)."""
+    data = write_three_class_data(tmp_path / "birds")
+    labels = ["bird", "fish", "tree"]
+    out = tmp_path / "runs"
+    code, _, stderr = run_cli(["pipeline", "--model", str(tiny_gpt2), "--data", str(data), "--out", str(out),
+                               "--preset", "quick", "--device", "cpu", "--no-progress"], capsys)
+    assert code == 0, stderr
+    for name in ("teacher", "student", "rnn"):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["config"]["data"] == str(data), name
+        assert metrics["data"]["source"] == str(data) or str(data) in metrics["data"]["source"], name
+        assert (metrics["data"]["labels"], metrics["data"]["train"], metrics["data"]["dev"]) == (labels, 60, 30), name
+        assert json.loads((out / name / "run.json").read_text())["labels"] == labels, name
+        manifest = json.loads((out / name / "onnx" / "manifest.json").read_text())
+        assert manifest["labels"] == labels and manifest["parity"]["sentences"] == 30, name  # checked on our dev
+    from safetensors import safe_open
+
+    with safe_open(str(out / "student" / "teacher_logits.safetensors"), framework="pt") as f:
+        assert f.get_tensor("logits").shape == (60 * 5, 3)  # our 60 sentences and 4 synthetic ones each
+    import kdfast.pipeline as pipeline
+
+    summary = pipeline.summarize(pipeline.SummaryConfig(out / "teacher", out / "student", out / "rnn",
+                                                        out / "bench" / "bench.json", out / "summary.md"))
+    assert summary["majority_class"] == "fish" and summary["majority_acc"] == pytest.approx(12 / 30)
+    assert "fish" in (out / "summary.md").read_text()

@@ -272,3 +272,45 @@ def test_stream_reads_a_chunk_at_a_time(runs: dict[str, Path]) -> None:
     first = list(itertools.islice(Classifier(runs["student"], "onnx").stream(endless(), chunk=8), 10))
     assert [t for t, _ in first] == [SENTENCES[i % len(SENTENCES)] for i in range(10)]
     assert read == 16  # two chunks of 8
+
+
+def test_the_cli_streams_stdin_with_one_chunk_in_memory(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """``kdfast predict RUN < big`` reads standard input as it writes its answers: counted line by line, it has never
+    read more than one chunk (CHUNK sentences) ahead of what it wrote, and its first answers are out before the
+    input ends. Memory therefore does not grow with the input (a CLI that read all its input first, or a writer that
+    held every row, fails here)."""
+    from kdfast.cli.main import main
+    from kdfast.serve.predict import CHUNK
+
+    n = 3 * CHUNK + 5
+    trace: list[tuple[int, int]] = []  # (lines read, answers written) at each line read
+
+    class Out(io.StringIO):
+        lines = 0
+
+        def write(self, s: str) -> int:
+            self.lines += s.count("\n")
+            return super().write(s) if self.lines <= 3 else len(s)  # keep the first answers only
+
+        def isatty(self) -> bool:
+            return False
+
+    out = Out()
+
+    def stdin() -> Iterator[str]:
+        for i in range(n):
+            trace.append((i + 1, out.lines))
+            yield f"Sentence number {i} is {'short' if i % 3 else 'a little longer than the others'}.\n"
+
+    monkeypatch.setattr(sys, "stdin", stdin())
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "argv", ["kdfast", "predict", str(runs["student"]), "--batch-size", "4", "--no-progress"])
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+    assert out.lines == n and len(trace) == n
+    assert max(read - written for read, written in trace) <= CHUNK + 1
+    assert trace[-1][1] >= 3 * CHUNK  # three chunks answered before the last line was read
+    assert json.loads(out.getvalue().splitlines()[0])["text"] == "Sentence number 0 is a little longer than the others."
