@@ -38,10 +38,10 @@ def distill(
     lr: float = options.STUDENT_LR,
     temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
     alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight, "
-                                      "--embed-init, --min-freq: 'words' (the default: 4, 1, 1, context, 1), "
-                                      "'sentence' (the previous default: 4, 1, 0, none, 2) or 'plain' (0, 0, 0, "
-                                      "none, 2). Options given explicitly win."),
+    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight and "
+                                      "--embed-init: 'words' (the default: 4, 1, 1, context), 'sentence' (the "
+                                      "previous default: 4, 1, 0, none) or 'plain' (0, 0, 0, none). Options given "
+                                      "explicitly win."),
     augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
                                        "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
                                        "(0 with --plain)."),
@@ -75,9 +75,7 @@ def distill(
     bidirectional: bool = options.BIDIRECTIONAL,
     dropout: float = options.DROPOUT,
     pooling: str = options.POOLING,
-    min_freq: int | None = typer.Option(None, help="Rarer training words map to <unk>. Default from --recipe: 1 "
-                                        "for 'words' (a word seen once still gets the teacher's vectors), 2 "
-                                        "otherwise."),
+    min_freq: int = options.MIN_FREQ,
     compile: bool = options.COMPILE,
     seed: int = options.SEED,
     select_by: str = options.SELECT_BY,

@@ -339,11 +339,11 @@ def test_cached_teacher_logits_are_reused(monkeypatch: pytest.MonkeyPatch, teach
 
 def test_default_recipe_is_the_measured_winner_and_the_old_ones_are_one_flag_away() -> None:
     def recipe(cfg: DistillConfig) -> tuple[Any, ...]:
-        return cfg.augment, cfg.feature_weight, cfg.word_weight, cfg.embed_init, cfg.min_freq
+        return cfg.augment, cfg.feature_weight, cfg.word_weight, cfg.embed_init
 
-    assert recipe(DistillConfig()) == tuple(RECIPES[DEFAULT_RECIPE].values()) == (4, 1.0, 1.0, "context", 1)
-    assert recipe(DistillConfig(recipe="sentence")) == (4, 1.0, 0.0, "none", 2)  # the previous default
-    assert recipe(DistillConfig(plain=True)) == recipe(DistillConfig(recipe="plain")) == (0, 0.0, 0.0, "none", 2)
+    assert recipe(DistillConfig()) == tuple(RECIPES[DEFAULT_RECIPE].values()) == (4, 1.0, 1.0, "context")
+    assert recipe(DistillConfig(recipe="sentence")) == (4, 1.0, 0.0, "none")  # the previous default
+    assert recipe(DistillConfig(plain=True)) == recipe(DistillConfig(recipe="plain")) == (0, 0.0, 0.0, "none")
     assert DistillConfig(plain=True, augment=2).augment == 2  # an explicit value wins
     assert DistillConfig(feature_weight=0.0).augment == RECIPES[DEFAULT_RECIPE]["augment"]
     with pytest.raises(KdfastError, match="--recipe must be one of"):

@@ -168,8 +168,3 @@ def test_the_default_word_layer_is_two_thirds_of_the_teachers_depth(tmp_path: Pa
     assert DistillConfig(teacher=tmp_path, word_layer=-1).word_layer_used == -1
     assert DistillConfig(teacher=tmp_path, recipe="sentence").word_layer_used is None
 
-
-def test_the_words_recipe_keeps_words_seen_once_unless_told() -> None:
-    assert DistillConfig().min_freq == 1
-    assert DistillConfig(recipe="sentence").min_freq == DistillConfig(plain=True).min_freq == 2
-    assert DistillConfig(min_freq=3).min_freq == 3

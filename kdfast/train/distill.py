@@ -122,15 +122,11 @@ from kdfast.verdict import against_majority
 NEIGHBOURS = 10  # swap candidates per word: its nearest training words in the teacher's embedding space
 EMBEDDING_NAMES = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight", "shared.weight")
 P_MASK, P_SWAP, P_NGRAM, MAX_NGRAM = 0.1, 0.1, 0.25, 5  # Tang et al.'s values
-# --recipe: the values of --augment, --feature-weight, --word-weight, --embed-init
-# and --min-freq: a word seen once gets the teacher's vectors under --embed-init context, so it need not be <unk>.
+# --recipe: the values of --augment, --feature-weight, --word-weight and --embed-init that flags left unset take
 RECIPES: dict[str, dict[str, Any]] = {
-    "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none",  # Hinton's loss alone
-              "min_freq": 2},
-    "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none",  # the 2nd default
-                 "min_freq": 2},
-    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "context",  # the 3rd
-              "min_freq": 1},
+    "plain": {"augment": 0, "feature_weight": 0.0, "word_weight": 0.0, "embed_init": "none"},  # Hinton's loss alone
+    "sentence": {"augment": 4, "feature_weight": 1.0, "word_weight": 0.0, "embed_init": "none"},  # the 2nd default
+    "words": {"augment": 4, "feature_weight": 1.0, "word_weight": 1.0, "embed_init": "context"},  # the 3rd
 }
 DEFAULT_RECIPE = "words"  # the recipe measured best (docs/results.md), what the bare command runs
 # --word-layer's default, as a share of the teacher's depth: on MiniLM-L6 layer 4 of 6 beat the last (docs/results.md);
@@ -205,7 +201,6 @@ class DistillConfig(ScratchConfig):
     # thirds of the way up (DEFAULT_WORD_DEPTH: 4 of MiniLM-L6's 6, 8 of GPT-2's 12)
     word_layer: int | None = None
     embed_init: str | None = None  # none | teacher | context: the student's word embeddings from the teacher's
-    min_freq: int | None = None  # as train rnn's; default from --recipe (words: 1, else 2)
     plain: bool = False  # --plain: --recipe plain
     transfer: Path | None = None  # the user's unlabeled text (kdfast.train.transfer): more transfer set, streamed
     transfer_cache: Path | None = None  # where its labelled parts go (default: OUT/transfer_cache)
@@ -223,9 +218,9 @@ class DistillConfig(ScratchConfig):
                 setattr(self, name, value)
 
     def validate(self) -> None:
+        super().validate()
         require([(self.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"),
                  (not (self.plain and self.recipe != "plain"), "--plain is --recipe plain: give one of them")])
-        super().validate()
         assert self.augment is not None and self.feature_weight is not None and self.word_weight is not None
         checks = [
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
