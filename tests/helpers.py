@@ -159,3 +159,20 @@ def count_launches() -> Iterator[Counter]:
         mp.setattr(lm, "_launch_lora_mm", counted("mm", lm._launch_lora_mm))
         mp.setattr(lm, "_launch_lora_grad", counted("grad", lm._launch_lora_grad))
         yield counts
+
+
+def exported_tiny_student(folder: Path, cola_dir: Path) -> Path:
+    """A tiny student trained into ``folder`` and exported to ONNX (fp32) on one thread; its run folder."""
+    import torch
+
+    from kdfast.export.onnx import ExportConfig
+    from kdfast.export.onnx import run as export
+
+    run_dir = train_tiny_student(folder, cola_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export(ExportConfig(run_dir=run_dir, max_check_sentences=16, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import assert_one_error_line, run_cli, train_tiny_student
+from helpers import assert_one_error_line, exported_tiny_student, run_cli
 
 from kdfast.batch.columnar import predict_file
 from kdfast.errors import KdfastError
@@ -29,17 +29,7 @@ SENTENCES = ["The book that John wrote was read by everyone.", "Books.", "Who di
 @pytest.fixture(scope="module")
 def student(cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny student, exported to ONNX (fp32)."""
-    from kdfast.export.onnx import ExportConfig
-    from kdfast.export.onnx import run as export
-
-    run_dir = train_tiny_student(tmp_path_factory.mktemp("batch") / "student", cola_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export(ExportConfig(run_dir=run_dir, max_check_sentences=16, progress=False))
-    finally:
-        torch.set_num_threads(threads)
-    return run_dir
+    return exported_tiny_student(tmp_path_factory.mktemp("batch") / "student", cola_dir)
 
 
 @pytest.fixture(scope="module")

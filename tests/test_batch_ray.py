@@ -16,8 +16,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from helpers import run_cli, train_tiny_student
+from helpers import exported_tiny_student, run_cli
 
 # Not yet run green: on the development machine (two cores at load 13-27 while this was written) Ray could not start
 # a node at all (its raylet gives the dashboard agent 15 s to write its port file; the agent took over 3 minutes to
@@ -70,17 +69,7 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def student(cola_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kdfast.export.onnx import ExportConfig
-    from kdfast.export.onnx import run as export
-
-    run_dir = train_tiny_student(tmp_path_factory.mktemp("batch-ray") / "student", cola_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        export(ExportConfig(run_dir=run_dir, max_check_sentences=16, progress=False))
-    finally:
-        torch.set_num_threads(threads)
-    return run_dir
+    return exported_tiny_student(tmp_path_factory.mktemp("batch-ray") / "student", cola_dir)
 
 
 @pytest.fixture(scope="module")
