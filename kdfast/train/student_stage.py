@@ -18,7 +18,7 @@ from kdfast.batching import pad_batch, shuffled_batches
 from kdfast.data import load_dataset, subsample
 from kdfast.errors import KdfastError
 from kdfast.metrics import best_summary, improves
-from kdfast.options import CONFIG_FILE, write_config
+from kdfast.options import CONFIG_FILE, plain, write_config
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -34,6 +34,7 @@ from kdfast.train.distill import DistillConfig, ScratchConfig
 from kdfast.train.distributed import setup
 from kdfast.train.embed_init import init_from_teacher_embeddings, init_from_word_states
 from kdfast.train.kd_loss import kd_loss, word_loss
+from kdfast.train.loggers import epoch_metrics, metric_logger
 from kdfast.train.student import (
     DistilRNN,
     WordVocab,
@@ -230,7 +231,9 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     synthetic: list[str] = []
     cache: dict[str, Any] = {}
 
-    with progress_bar(cfg.progress, ctx.master) as bar:
+    step_no = 0  # optimizer steps so far: the x-axis of --report-to
+    with progress_bar(cfg.progress, ctx.master) as bar, metric_logger(cfg.report_to, cfg.out, plain(cfg),
+                                                                        ctx.master) as log:
         if isinstance(cfg, DistillConfig):
             neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
             synthetic = augment(sentences, cfg.augment or 0, cfg.seed, neighbours)
@@ -291,6 +294,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                 rows, labelled_rows = len(batch), int((batch.labels >= 0).sum())
                 word_rows = int(words.hits[batch.rows].sum()) if words is not None and batch.rows is not None else 0
                 parts = ctx.micro_batches(list(range(rows)), cfg.grad_accum)
+                step_loss = 0.0  # this rank's share of the global batch's mean loss
                 for k, part in enumerate(parts):
                     pos = part or [0]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
                     input_ids, mask = pad_batch([batch.ids[p] for p in pos], vocab.pad_id)
@@ -317,12 +321,16 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                         # DDP averages over the N ranks; their shares add up: N × the share
                         scaler.scale(loss * (ctx.world if part else 0.0)).backward()
                     if part:
+                        step_loss += loss.item()
                         loss_sum += loss.item() * rows
                         labelled = y >= 0
                         correct += int((logits.argmax(-1) == y)[labelled].sum())
                         real += int(labelled.sum())
                         seen += len(part)
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
+                step_no += 1  # the shares of the N ranks add up to the batch's loss: rank 0's, times N, estimates it
+                log.log_dict({"train/loss": step_loss * ctx.world, "train/lr": lr}, step_no)
                 rate = seen * ctx.world / (time.perf_counter() - start)
                 bar.update(task, advance=rows, loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, real, seen = ctx.all_sum(loss_sum, correct, real, seen)  # over every rank's slices
@@ -332,6 +340,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
             report = score_dev(ctx.gather_rows(torch.from_numpy(local), len(dev_ids)).numpy(), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / max(real, 1),
                             "train_sentences_per_s": seen / seconds, **report})
+            log.log_dict(epoch_metrics(history[-1]), step_no)
             bar.console.print(
                 f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
                 f"dev MCC {report['dev_mcc']:.4f}, dev F1 {report['dev_f1']:.4f}"
@@ -340,6 +349,8 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
                 best = best_summary(epoch, report)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         train_seconds = time.perf_counter() - train_start
+        assert best is not None
+        log.set_final({f"best/{k.removeprefix('dev_')}": v for k, v in best.items()})
     assert best is not None
     model.load_state_dict(best_state)
 

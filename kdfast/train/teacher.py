@@ -28,7 +28,7 @@ from kdfast.data import Dataset, load_dataset, subsample
 from kdfast.errors import KdfastError, first_line
 from kdfast.metrics import best_summary, improves, score_logits
 from kdfast.models import resolve_model
-from kdfast.options import CONFIG_FILE, write_config
+from kdfast.options import CONFIG_FILE, plain, write_config
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -41,6 +41,7 @@ from kdfast.runs import (
     write_run_info,
 )
 from kdfast.train.distributed import Context, setup
+from kdfast.train.loggers import epoch_metrics, metric_logger
 from kdfast.train.lora import (
     count_parameters,
     inject_lora,
@@ -219,7 +220,9 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] = {}
-    with progress_bar(cfg.progress, ctx.master) as bar:
+    step_no = 0  # optimizer steps so far: the x-axis of --report-to
+    with progress_bar(cfg.progress, ctx.master) as bar, metric_logger(cfg.report_to, cfg.out, plain(cfg),
+                                                                        ctx.master) as log:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             task = bar.add_task(f"teacher epoch {epoch}/{cfg.epochs}", total=len(train), loss=0.0, rate=0.0)
@@ -230,6 +233,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                 batches = shuffled_batches(len(train), cfg.batch_size, generator)
             for step, batch in enumerate(batches):  # the same global batches on every rank; each takes its slice
                 parts = ctx.micro_batches(batch, cfg.grad_accum)
+                step_loss, step_rows = 0.0, 0
                 for k, part in enumerate(parts):
                     idx = part or batch[:1]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
                     input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
@@ -241,10 +245,13 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                         # rows' sum × N / B: DDP's mean over ranks then gives the mean over the global batch
                         scaler.scale(loss * ctx.weight(len(part), len(batch))).backward()
                     if part:
-                        loss_sum += loss.item()
+                        step_loss += loss.item()
+                        step_rows += len(part)
                         correct += int((logits.argmax(-1) == labels).sum())
-                        seen += len(part)
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
+                loss_sum, seen, step_no = loss_sum + step_loss, seen + step_rows, step_no + 1
+                log.log_dict({"train/loss": step_loss / max(step_rows, 1), "train/lr": lr}, step_no)
                 rate = seen * ctx.world / (time.perf_counter() - start)
                 bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, seen = ctx.all_sum(loss_sum, correct, seen)  # the epoch over every rank's slices
@@ -252,6 +259,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
             report = score_dev(sharded_logits(ctx, model, dev_ids, tokenizer.pad_token_id), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                             "train_sentences_per_s": seen / seconds, **report})
+            log.log_dict(epoch_metrics(history[-1]), step_no)
             bar.console.print(
                 f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
                 f"dev MCC {report['dev_mcc']:.4f}, dev F1 {report['dev_f1']:.4f}"
@@ -259,7 +267,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
             if improves(report, best, cfg.select_by):  # the same dev logits on every rank: the same best epoch
                 best = best_summary(epoch, report)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    assert best is not None
+        assert best is not None
+        log.set_final({f"best/{k.removeprefix('dev_')}": v for k, v in best.items()})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in best_state:
