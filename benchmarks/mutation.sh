@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the metrics, LoRA, the KD loss and the batching, configured in pyproject.toml's [tool.mutmut].
 # mutmut copies the package to ./mutants, mutates every function of the four files, and runs the tests that cover
-# each mutant; only kd_loss's mutants are run from distill.py. Prints the share killed (or crashed, or timed out)
+# each mutant; only kd_loss's mutants are run from kd_loss.py (not word_loss's). Prints the share killed (or crashed, or timed out)
 # per module and in all; `python -m mutmut results` then lists the survivors, `python -m mutmut show NAME` one diff.
 # Usage: benchmarks/mutation.sh [MUTANT-PATTERN...]   (default: all four; e.g. 'kdfast.metrics.*' for one module)
 # Slow, so not part of CI: on 2 cores the metrics, batching and KD loss take about 5 minutes, LoRA an estimated half hour more
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
 rm -rf mutants
 if [ $# -eq 0 ]; then
-    set -- 'kdfast.metrics.*' 'kdfast.train.lora.*' 'kdfast.batching.*' 'kdfast.train.distill.x_kd_loss__mutmut_*'
+    set -- 'kdfast.metrics.*' 'kdfast.train.lora.*' 'kdfast.batching.*' 'kdfast.train.kd_loss.x_kd_loss__mutmut_*'
 fi
 "$py" -m mutmut run --max-children "${MAX_CHILDREN:-2}" "$@" >/dev/null || true
 "$py" -m mutmut results --all true >mutants/results.txt 2>&1 || "$py" -m mutmut results >mutants/results.txt
@@ -22,7 +22,7 @@ import re
 counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 for line in open("mutants/results.txt"):
     m = re.match(r"\s*(kdfast[\w.]*?)\.(x\S+)__mutmut_\d+: (.+)$", line)
-    if m and m[3].strip() != "not checked" and (m[1] != "kdfast.train.distill" or m[2] == "x_kd_loss"):
+    if m and m[3].strip() != "not checked" and (m[1] != "kdfast.train.kd_loss" or m[2] == "x_kd_loss"):
         counts[m[1]][m[3].strip()] += 1
 # a mutant that crashes the tests is caught too; one that times out probably is (counted apart); "no tests" and
 # "survived" are what the tests miss; mutants not run (other patterns) are left out

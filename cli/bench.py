@@ -11,7 +11,8 @@ from rich.table import Table
 
 from kdfast.cli.main import app
 from kdfast.cli.output import console
-from kdfast.errors import KdfastError
+from kdfast.configs import BenchConfig
+from kdfast.options import command
 
 COLUMNS = [("model", "model"), ("variant", "variant"), ("batch", "batch_size"), ("p50 ms", "p50_ms"),
            ("p90 ms", "p90_ms"), ("p99 ms", "p99_ms"), ("mean ms", "mean_ms"), ("cv", "cv"),
@@ -50,36 +51,10 @@ def wide_console() -> Console:
     return console if console.is_terminal else Console(width=max(console.width, 170))
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise KdfastError(f"--batch-sizes takes comma-separated integers, e.g. 1,32; got {text!r}") from None
-    if not sizes:
-        raise KdfastError("--batch-sizes is empty")
-    return sizes
-
-
 @app.command("bench")
-def bench_command(
-    teacher: Path | None = typer.Option(None, help="A teacher run folder."),
-    student: list[Path] | None = typer.Option(None, help="A student run folder (repeat for several)."),
-    batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes."),
-    threads: int | None = typer.Option(None, help="torch and ONNX Runtime intra-op threads (default: torch's)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    warmup: int = typer.Option(10, help="Untimed calls before each timing."),
-    iters: int = typer.Option(100, help="Timed calls per variant and batch size, at least."),
-    min_time: float = typer.Option(2.0, help="Seconds of timed calls per variant and batch size, at least."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
-    csv_out: Path | None = typer.Option(None, "--csv", help="Write the rows as CSV here."),
-    md_out: Path | None = typer.Option(None, "--md", help="Write the report as Markdown here."),
-    plot: Path | None = typer.Option(None, help="Write a PNG of latency (log) against dev MCC here."),
-    data: str | None = typer.Option(None, help="Data to score on (as --data of train); default: the first run's own."),
-    variants: str | None = typer.Option(None, help="Comma-separated subset of the variants (default: all)."),
-    compare_files: tuple[Path, Path] | None = typer.Option(
-        None, "--compare", help="Two JSON reports A B: print A p50 / B p50 per variant; measures nothing."),
-    progress: bool = typer.Option(True, help="Say what is being measured, on stderr."),
-) -> None:
+@command(BenchConfig, extra={"compare_files": (tuple[Path, Path] | None, typer.Option(
+    None, "--compare", help="Two JSON reports A B: print A p50 / B p50 per variant; measures nothing."))})
+def bench_command(cfg: BenchConfig, compare_files: tuple[Path, Path] | None) -> None:
     """Latency (p50/p90/p99/mean, cv, sentences/s) and dev accuracy/MCC of every variant of a teacher and its
     students: PyTorch unmerged/merged/fused, ONNX Runtime fp32/optimized/int8, student eager/compiled/ONNX."""
     from kdfast.bench.report import compare, load_report, meta_differences, meta_line, ratio_line
@@ -91,12 +66,8 @@ def bench_command(
         for diff in meta_differences(ra, rb):
             console.print(f"[yellow]note[/]: the two runs differ in {diff}")
         return
-    from kdfast.bench.measure import BenchConfig, run
+    from kdfast.bench.measure import run
 
-    cfg = BenchConfig(teacher=teacher, students=list(student or []), batch_sizes=parse_batch_sizes(batch_sizes),
-                      threads=threads, device=device, warmup=warmup, iters=iters, min_time=min_time, data=data,
-                      variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
-                      json=json_out, csv=csv_out, md=md_out, plot=plot, progress=progress)
     report = run(cfg)
     wide_console().print(results_table(report))
     console.print(meta_line(report["meta"]))
@@ -109,6 +80,6 @@ def bench_command(
         console.print(f"[bold yellow]warning[/]: {w}")
     for r in report["ratios"]:
         console.print(("[green]" if r["met"] else "[red]") + ratio_line(r) + "[/]")
-    written = [str(p) for p in (json_out, csv_out, md_out, plot) if p is not None]
+    written = [str(p) for p in (cfg.json, cfg.csv, cfg.md, cfg.plot) if p is not None]
     if written:
         console.print("wrote " + ", ".join(written))

@@ -8,10 +8,11 @@ from typing import Any
 
 import typer
 
-from kdfast.cli import options
 from kdfast.cli.main import app, train_app
 from kdfast.cli.output import console, dev_table, print_verdict
+from kdfast.options import command
 from kdfast.runs import METRICS_FILE, read_json, read_run_info
+from kdfast.train.distill import DistillConfig, ScratchConfig
 
 
 def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
@@ -27,110 +28,23 @@ def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
 
 
 @app.command("distill")
-def distill(
-    teacher: Path = typer.Option(Path("runs/teacher"), help="Teacher run folder (kdfast train lora)."),
-    data: str = options.DATA,
-    dev_data: str | None = options.DEV_DATA,
-    text_column: str | None = options.TEXT_COLUMN,
-    label_column: str | None = options.LABEL_COLUMN,
-    out: Path = typer.Option(Path("runs/student"), help="Run folder to write."),
-    epochs: int = options.STUDENT_EPOCHS,
-    lr: float = options.STUDENT_LR,
-    temperature: float = typer.Option(2.0, help="Softmax temperature T of the KL term."),
-    alpha: float = typer.Option(0.5, help="Weight of the KL term; 1 - alpha on cross-entropy with the labels."),
-    recipe: str | None = typer.Option(None, help="Defaults for --augment, --feature-weight, --word-weight and "
-                                      "--embed-init: 'words' (the default: 4, 1, 1, context), 'sentence' (the "
-                                      "previous default: 4, 1, 0, none) or 'plain' (0, 0, 0, none). Options given "
-                                      "explicitly win."),
-    augment: int | None = typer.Option(None, help="Synthetic sentences per training sentence, labelled by the "
-                                       "teacher (mask, swap with a teacher-embedding neighbour, n-gram). Default 4 "
-                                       "(0 with --plain)."),
-    feature_weight: float | None = typer.Option(None, help="Weight beta of fitting the teacher's sentence "
-                                                "representation (mean-squared error through a linear map; 0: off). "
-                                                "Default 1 (0 with --plain)."),
-    word_weight: float | None = typer.Option(None, help="Weight gamma of fitting the teacher's contextual word "
-                                             "vectors (each word's sub-word states averaged) with the student's "
-                                             "per-step states (cosine through a linear map; 0: off)."),
-    word_layer: int | None = typer.Option(None, help="The teacher's hidden layer fitted by --word-weight and "
-                                          "averaged by --embed-init context (-1: the last, 0: its input "
-                                          "embeddings). Default: two thirds of the way up (4 of MiniLM-L6's 6, "
-                                          "measured better than the last; 8 of GPT-2's 12, assumed)."),
-    embed_init: str | None = typer.Option(None, help="Initialise the student's word embeddings from the teacher: "
-                                          "'teacher' (its input embeddings, sub-words averaged), 'context' (its "
-                                          "word vectors averaged over the transfer set) or 'none'; PCA to "
-                                          "--embed-dim."),
-    plain: bool = typer.Option(False, "--plain", help="--recipe plain: Hinton's loss alone, no transfer set, no "
-                               "representation terms (the first default)."),
-    reuse_logits: Path | None = typer.Option(None, help="A student run whose cached teacher logits to reuse."),
-    transfer: Path | None = typer.Option(None, help="Your unlabeled text, more transfer set: plain text (a sentence "
-                                         "a line), or CSV/TSV/JSON Lines (--text-column); any size: streamed, "
-                                         "labelled by the teacher in parts, cached, resumed after an interruption."),
-    transfer_cache: Path | None = typer.Option(None, help="Folder of --transfer's labelled parts (default: "
-                                               "OUT/transfer_cache); a rerun keeps the parts already there."),
-    transfer_part_lines: int = typer.Option(4096, help="Lines per labelled part of --transfer."),
-    cell: str = options.CELL,
-    hidden: int = options.HIDDEN,
-    embed_dim: int = options.EMBED_DIM,
-    layers: int = options.LAYERS,
-    bidirectional: bool = options.BIDIRECTIONAL,
-    dropout: float = options.DROPOUT,
-    pooling: str = options.POOLING,
-    min_freq: int = options.MIN_FREQ,
-    compile: bool = options.COMPILE,
-    seed: int = options.SEED,
-    select_by: str = options.SELECT_BY,
-    max_train_samples: int | None = options.MAX_TRAIN_SAMPLES,
-    batch_size: int = options.BATCH_SIZE,
-    device: str = options.DEVICE,
-    grad_accum: int = options.GRAD_ACCUM,
-    precision: str = options.PRECISION,
-    overwrite: bool = options.OVERWRITE,
-    progress: bool = options.PROGRESS,
-) -> None:
+@command(DistillConfig, config=True)
+def distill(cfg: DistillConfig) -> None:
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
-    vocab.json, teacher_logits.safetensors and curves.png."""
-    fields = dict(locals())  # every option is a field of the config
-    from kdfast.train.distill import DistillConfig, run
+    vocab.json, teacher_logits.safetensors, curves.png and config.yaml."""
+    from kdfast.train.student_stage import run
 
-    cfg = DistillConfig(**fields)
-    _report(run(cfg), "distilled student", out)
+    _report(run(cfg), "distilled student", cfg.out)
 
 
 @train_app.command("rnn")
-def train_rnn(
-    data: str = options.DATA,
-    dev_data: str | None = options.DEV_DATA,
-    text_column: str | None = options.TEXT_COLUMN,
-    label_column: str | None = options.LABEL_COLUMN,
-    out: Path = typer.Option(Path("runs/rnn"), help="Run folder to write."),
-    epochs: int = options.STUDENT_EPOCHS,
-    lr: float = options.STUDENT_LR,
-    cell: str = options.CELL,
-    hidden: int = options.HIDDEN,
-    embed_dim: int = options.EMBED_DIM,
-    layers: int = options.LAYERS,
-    bidirectional: bool = options.BIDIRECTIONAL,
-    dropout: float = options.DROPOUT,
-    pooling: str = options.POOLING,
-    min_freq: int = options.MIN_FREQ,
-    compile: bool = options.COMPILE,
-    seed: int = options.SEED,
-    select_by: str = options.SELECT_BY,
-    max_train_samples: int | None = options.MAX_TRAIN_SAMPLES,
-    batch_size: int = options.BATCH_SIZE,
-    device: str = options.DEVICE,
-    grad_accum: int = options.GRAD_ACCUM,
-    precision: str = options.PRECISION,
-    overwrite: bool = options.OVERWRITE,
-    progress: bool = options.PROGRESS,
-) -> None:
+@command(ScratchConfig, config=True)
+def train_rnn(cfg: ScratchConfig) -> None:
     """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
     teacher's logits."""
-    fields = dict(locals())  # every option is a field of the config
-    from kdfast.train.distill import ScratchConfig, run
+    from kdfast.train.student_stage import run
 
-    cfg = ScratchConfig(**fields)
-    _report(run(cfg), "student from scratch", out)
+    _report(run(cfg), "student from scratch", cfg.out)
 
 
 @app.command("compare")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from kdfast.cli import options
 from kdfast.cli.main import app
 from kdfast.cli.output import console, dev_table
+from kdfast.configs import DEVICE
 
 
 @app.command("eval")
@@ -17,7 +17,7 @@ def eval_command(
     run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
     data: str | None = typer.Option(None, help="Data to score on (as --data of train); default: the run's own. "
                                     "Its label names must be the run's."),
-    device: str = options.DEVICE,
+    device: str = typer.Option("auto", help=DEVICE),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Accuracy, Matthews correlation and macro-F1 on the dev set (CoLA: 1,043 sentences, and its in- and

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -10,7 +9,11 @@ from rich.table import Table
 
 from kdfast.cli.main import app
 from kdfast.cli.output import console
+from kdfast.configs import ExportConfig
 from kdfast.errors import KdfastError
+from kdfast.options import command
+
+ONNX_HELP = "Export to ONNX (the one format so far; required)."  # a flag of the command, not of the export
 
 
 def parity_table(manifest: dict[str, Any]) -> Table:
@@ -112,47 +115,15 @@ def print_report(manifest: dict[str, Any]) -> None:
 
 
 @app.command("export")
-def export_command(
-    run_dir: Path = typer.Argument(..., help="A teacher or student run folder."),
-    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the one format so far; required)."),
-    out: Path | None = typer.Option(None, help="Folder to write; default RUN_DIR/onnx (an earlier export there is "
-                                               "replaced)."),
-    opset: int = typer.Option(17, help="ONNX opset."),
-    optimize: bool = typer.Option(False, "--optimize", help="Also model.opt.onnx: ONNX Runtime's transformer "
-                                                            "optimizer."),
-    int8: bool = typer.Option(False, "--int8", help="Also model.int8.onnx: the fastest int8 candidate (dynamic, "
-                                                    "blockwise, static QDQ, some nodes kept fp32) that holds the "
-                                                    "rule, for the CPU."),
-    int8_min_agreement: float = typer.Option(0.99, help="int8 rule: share of labels equal to fp32's, shown with 95% "
-                                                        "confidence on held-out training sentences, then met on dev."),
-    int8_max_drop: float = typer.Option(0.01, help="int8 rule: max |Δ MCC| against fp32 (held-out training "
-                                                   "sentences, then dev)."),
-    int8_calibration: int = typer.Option(300, help="int8: training sentences that calibrate the activation ranges "
-                                                   "and rank the nodes."),
-    int8_min_speedup: float = typer.Option(1.0, help="int8 speed rule: the kept model is at least this x fp32's speed "
-                                                     "at batch 1 and 32, else none is written (1.0: never slower; "
-                                                     "the 1.6x goal of issue 25 is not met everywhere)."),
-    threads: int = typer.Option(0, help="ONNX Runtime threads the models will serve with, for the int8 speed rule "
-                                        "and the latencies auto reads (0: its default, as predict/serve)."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also model.fp16.onnx: for CUDA; LayerNorm and IO stay fp32."),
-    triton_repo: Path | None = typer.Option(None, help="Also write a Triton Inference Server model repository here."),
-    triton_name: str | None = typer.Option(None, help="Model name in --triton-repo; default the run folder's name."),
-    atol: float = typer.Option(1e-4, help="Max |Δlogit| between PyTorch and the fp32 ONNX models."),
-    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity checks (not recommended)."),
-    data: str | None = typer.Option(None, help="Data for the checks (as --data of train); default: the run's own."),
-) -> None:
+@command(ExportConfig, extra={"onnx": (bool, typer.Option(False, "--onnx", help=ONNX_HELP))})
+def export_command(cfg: ExportConfig, onnx: bool) -> None:
     """Export a run's model to ONNX and prove it equal to PyTorch on the whole CoLA dev set."""
     if not onnx:
         raise KdfastError("say which format: --onnx (the only one so far), e.g. kdfast export --onnx RUN_DIR")
-    from kdfast.export.int8 import Int8Config
-    from kdfast.export.onnx import ExportConfig, ParityError
+    from kdfast.export.onnx import ParityError
     from kdfast.export.onnx import run as run_export
 
-    cfg = ExportConfig(run_dir=run_dir, out=out, opset=opset, optimize=optimize, int8=int8, fp16=fp16,
-                       triton_repo=triton_repo, triton_name=triton_name, atol=atol, check=not no_check, data=data,
-                       threads=threads,
-                       int8_tuning=Int8Config(min_agreement=int8_min_agreement, max_drop=int8_max_drop,
-                                              calibration=int8_calibration, min_speedup=int8_min_speedup))
+    no_check = not cfg.check
     if no_check:
         console.print("[bold yellow]WARNING: --no-check: the ONNX models are NOT compared with PyTorch[/]")
     try:
@@ -163,7 +134,7 @@ def export_command(
     print_report(manifest)
     if no_check:
         console.print("[bold yellow]WARNING: --no-check: parity not checked[/]")
-    out_dir = out if out is not None else run_dir / "onnx"
+    out_dir = cfg.out if cfg.out is not None else cfg.run_dir / "onnx"
     console.print(f"wrote {out_dir}: " + ", ".join(v["file"] for v in manifest["variants"]) + ", manifest.json")
     if manifest["triton"]:
         console.print(f"wrote the Triton model {manifest['triton']['repo']}/{manifest['triton']['name']}")

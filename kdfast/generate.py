@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdfast.errors import KdfastError, first_line, require
+from kdfast.configs import GenerateConfig
+from kdfast.errors import KdfastError, first_line
 from kdfast.train.teacher import check_model_name
 from kdfast.train.training import resolve_device, seed_everything
 
@@ -28,36 +29,6 @@ from kdfast.train.training import resolve_device, seed_everything
 _DECODE = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 
 
-@dataclass
-class GenerateConfig:
-    prompt: str = ""  # the text to continue; must not be empty
-    model: str = "gpt2"  # Hub name or local folder of any causal LM (saved with save_pretrained) and its tokenizer
-    max_new_tokens: int = 100  # tokens generated after the prompt (fewer if the model ends with eos)
-    temperature: float = 1.0  # logits are divided by it; 0 = greedy decoding
-    top_k: int = 50  # sample among the k most likely tokens; 0 = no top-k filter
-    top_p: float = 1.0  # nucleus sampling: the smallest set with probability >= top_p; 1 = no filter
-    seed: int = 0
-    num_return_sequences: int = 1  # continuations of the same prompt, generated as one batch
-    stream: bool = False  # pass the text to ``on_text`` as it is decoded (one sequence only)
-    ignore_eos: bool = False  # never stop at eos (it is banned), so exactly max_new_tokens tokens come out
-    device: str = "auto"  # auto | cpu | cuda
-
-    def validate(self) -> None:
-        checks = [
-            (self.prompt.strip() != "", "--prompt is empty"),
-            (self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"--temperature must be 0 (greedy) or positive, got {self.temperature}"),
-            (self.top_k >= 0, f"--top-k must be 0 (off) or positive, got {self.top_k}"),
-            (0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}"),
-            (self.num_return_sequences >= 1,
-             f"--num-return-sequences must be at least 1, got {self.num_return_sequences}"),
-            (not (self.temperature == 0 and self.num_return_sequences > 1),
-             "--temperature 0 (greedy) gives one sequence; use it with --num-return-sequences 1"),
-            (not (self.stream and self.num_return_sequences > 1),
-             "--stream shows one sequence as it is generated; use it with --num-return-sequences 1"),
-        ]
-        require(checks)
-        check_model_name(self.model)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import kdfast.train.student_stage
 import kdfast.train.teacher
 from kdfast.errors import KdfastError
 from kdfast.train.distill import (
@@ -31,7 +32,8 @@ from kdfast.train.student import MASK
 
 STUDENT_FLAGS = ["--hidden", "8", "--embed-dim", "8", "--epochs", "2", "--max-train-samples", "48", "--batch-size",
                  "16", "--device", "cpu", "--no-progress"]
-STUDENT_FILES = {"run.json", "metrics.json", "student.safetensors", "student_config.json", "vocab.json", "curves.png"}
+STUDENT_FILES = {"run.json", "metrics.json", "student.safetensors", "student_config.json", "vocab.json", "curves.png",
+                 "config.yaml"}
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +197,7 @@ def test_a_failing_student_run_leaves_out_untouched(where: str, monkeypatch: pyt
     def fail(*_: Any, **__: Any) -> None:
         raise KdfastError(f"failed while {where}")
 
-    monkeypatch.setattr(kdfast.train.distill, "check_finite" if where == "training" else "plot_curves", fail)
+    monkeypatch.setattr(kdfast.train.student_stage, "check_finite" if where == "training" else "plot_curves", fail)
     with pytest.raises(KdfastError, match=f"failed while {where}"):
         run(ScratchConfig(**cfg, overwrite=True, seed=1))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -23,7 +23,8 @@ def test_cli_trains_and_writes_every_artifact(tiny_gpt2: Path, cola_dir: Path, t
         ["train", "lora", "--model", str(tiny_gpt2), "--data", str(cola_dir), "--out", str(out), "--epochs", "2",
          "--max-train-samples", "128", "--batch-size", "32", "--rank", "4", "--no-progress"], capsys)
     assert code == 0, stderr
-    assert {p.name for p in out.iterdir()} == {"run.json", "metrics.json", "adapter", "merged", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"run.json", "metrics.json", "adapter", "merged", "curves.png",
+                                              "config.yaml"}
     assert {p.name for p in (out / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     assert (out / "merged" / "config.json").exists() and (out / "merged" / "model.safetensors").exists()
     metrics = json.loads((out / "metrics.json").read_text())

@@ -86,7 +86,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +108,9 @@ from kdfast.bench.variants import (
     teacher_builders,
     teacher_inputs,
 )
+from kdfast.configs import BenchConfig
 from kdfast.data import Dataset, dataset_from_config, subsample
-from kdfast.errors import KdfastError, first_line, require
+from kdfast.errors import KdfastError, first_line
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels
 from kdfast.train.teacher import score_dev
 from kdfast.train.training import resolve_device
@@ -124,49 +124,6 @@ TARGET_STUDENT_VS_TEACHER_ONNX = 30.0
 TARGET_ONNX_VS_EAGER = 2.0
 TARGET_INT8_VS_FP32 = 1.5
 MAX_INT8_MCC_DROP = 0.02
-
-
-@dataclass
-class BenchConfig:
-    teacher: Path | None = None  # a teacher run folder
-    students: list[Path] = field(default_factory=list)  # student run folders
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    threads: int | None = None  # torch and ONNX Runtime intra-op threads; None: torch's current setting
-    device: str = "cpu"  # cpu | cuda | auto
-    warmup: int = 10  # untimed calls before timing each variant at each batch size
-    iters: int = 100  # timed calls, at least
-    min_time: float = 2.0  # seconds of timed calls, at least
-    data: str | None = None  # CoLA source; default the data of the first run given
-    variants: list[str] | None = None  # a subset of VARIANTS; None: every one that applies
-    timed_sentences: int = 256  # the dev sample the timed batches are cut from
-    json: Path | None = None  # where to write the report (and the formats below)
-    csv: Path | None = None
-    md: Path | None = None
-    plot: Path | None = None  # PNG: latency (log) against dev MCC
-    progress: bool = True  # say what is happening on stderr
-
-    def validate(self) -> None:
-        checks = [
-            (self.teacher is not None or bool(self.students),
-             "nothing to bench: give --teacher RUN_DIR and/or --student RUN_DIR"),
-            (bool(self.batch_sizes) and all(b >= 1 for b in self.batch_sizes),
-             f"--batch-sizes must be positive integers, got {self.batch_sizes}"),
-            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
-            (self.warmup >= 0, f"--warmup must be at least 0, got {self.warmup}"),
-            (self.iters >= 1, f"--iters must be at least 1, got {self.iters}"),
-            (self.min_time >= 0, f"--min-time must be at least 0, got {self.min_time}"),
-            (self.timed_sentences >= 1, f"timed_sentences must be at least 1, got {self.timed_sentences}"),
-        ]
-        require(checks)
-        unknown = sorted(set(self.variants or []) - set(VARIANTS))
-        if unknown:
-            raise KdfastError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-        for path in (self.json, self.csv, self.md, self.plot):
-            if path is not None and Path(path).is_dir():
-                raise KdfastError(f"{path} is a folder; give a file name")
-
-
-# --- timing
 
 
 def sync_fn(device: torch.device) -> Callable[[], None]:

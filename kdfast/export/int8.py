@@ -78,8 +78,10 @@ from typing import Any
 import numpy as np
 
 from kdfast.batching import length_sorted_batches, pad_batch
+from kdfast.configs import INT8_RECIPES as RECIPES  # noqa: F401  (re-exported)
+from kdfast.configs import Int8Config
 from kdfast.data import Example
-from kdfast.errors import KdfastError, require
+from kdfast.errors import KdfastError
 from kdfast.export.quantize import (
     BLOCKWISE_OPS,
     DYNAMIC_OPS,
@@ -94,42 +96,8 @@ from kdfast.export.quantize import (
 )
 from kdfast.metrics import mcc
 
-RECIPES = ("dynamic", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile")
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
-
-
-@dataclass
-class Int8Config:
-    min_agreement: float = 0.99  # share of held-out sentences whose label must equal fp32's (then of dev)
-    max_drop: float = 0.01  # max |MCC(int8) - MCC(fp32)| on the held-out sentences (then on dev)
-    calibration: int = 300  # training sentences that set the activation ranges and rank the nodes
-    held_out: int = 1000  # other training sentences the rule is judged on while tuning
-    perturbed: bool = True  # judge agreement on a perturbed copy of each held-out sentence too (see above)
-    confidence: float = 0.95  # how sure tuning must be that agreement reaches min_agreement (Wilson bound)
-    max_fp32_nodes: int | None = None  # most nodes a candidate may keep in fp32; None: 3/4 of the recipe's nodes
-    rank_sentences: int = 300  # calibration sentences the sensitivity ranking is measured on
-    percentile: float = 99.999  # static-percentile's clipping point
-    recipes: tuple[str, ...] = RECIPES
-    threads: int = 0  # ONNX Runtime intra-op threads every timing runs at; 0: its default, as predict/serve use
-    min_speedup: float = 1.0  # the kept int8 runs ≥ this x fp32's speed at batch 1 and 32 (1.0: never slower)
-    timing_rounds: int = 5  # rounds of TIMING_SENTENCES batch-1 calls per candidate, interleaved
-    batch_size: int = 64  # sentences per batch when scoring (as the parity check batches)
-    seed: int = 0
-
-    def validate(self) -> None:
-        require([
-            (0 < self.min_agreement <= 1, f"--int8-min-agreement must be in (0, 1], got {self.min_agreement}"),
-            (self.max_drop >= 0, f"--int8-max-drop must be at least 0, got {self.max_drop}"),
-            (self.calibration >= 1, f"--int8-calibration must be at least 1, got {self.calibration}"),
-            (0.5 <= self.confidence < 1, f"int8 confidence must be in [0.5, 1), got {self.confidence}"),
-            (self.held_out >= 1, f"int8 held-out sentences must be at least 1, got {self.held_out}"),
-            (self.max_fp32_nodes is None or self.max_fp32_nodes >= 0,
-             f"max fp32 nodes must be at least 0, got {self.max_fp32_nodes}"),
-            (set(self.recipes) <= set(RECIPES) and bool(self.recipes), f"recipes must be among {RECIPES}"),
-            (self.min_speedup >= 0, f"--int8-min-speedup must be at least 0, got {self.min_speedup}"),
-            (self.threads >= 0, f"--threads must be at least 0 (0: ONNX Runtime's default), got {self.threads}"),
-        ])
 
 
 @dataclass

@@ -49,10 +49,11 @@ from torch import nn
 
 from kdfast import __version__
 from kdfast.batching import pad_batch
+from kdfast.configs import ExportConfig
 from kdfast.data import Example, dataset_from_config, subsample
 from kdfast.data.dataset import Targets, targets
-from kdfast.errors import KdfastError, require
-from kdfast.export.int8 import Int8Config, Int8RuleError, TuneInputs, tune
+from kdfast.errors import KdfastError
+from kdfast.export.int8 import Int8RuleError, TuneInputs, tune
 from kdfast.export.parity import VariantResult, check_variant, reference_row, torch_logits
 from kdfast.runs import METRICS_FILE, read_json, read_run_info, run_labels, staged_dir, write_json
 from kdfast.train.lora import unwrap_merged
@@ -71,47 +72,6 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "Gelu", "FastGelu", "BiasGelu", 
 # Kept fp32 in the fp16 model: LayerNorm's mean/variance over 384-768 values loses too much in fp16.
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
                   "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization"]
-
-
-@dataclass
-class ExportConfig:
-    run_dir: Path  # a teacher or student run folder
-    out: Path | None = None  # default RUN_DIR/onnx; an earlier export there is replaced atomically
-    opset: int = 17
-    optimize: bool = False  # also write model.opt.onnx (ONNX Runtime's transformer optimizer)
-    int8: bool = False  # also write model.int8.onnx (accuracy-aware int8 tuning, CPU)
-    int8_tuning: Int8Config = field(default_factory=Int8Config)  # its rule and calibration (kdfast.export.int8)
-    # ONNX Runtime intra-op threads the models will serve with; 0: its default, as kdfast predict/serve without
-    # --threads. The int8 speed rule and the latencies ``--runtime auto`` reads are timed at it.
-    threads: int = 0
-    fp16: bool = False  # also write model.fp16.onnx (CUDA; LayerNorm and IO kept fp32)
-    triton_repo: Path | None = None  # also write a Triton model repository entry here
-    triton_name: str | None = None  # its model name; default the run folder's name
-    triton_max_batch_size: int = 64
-    atol: float = 1e-4  # max |Δlogit| allowed between PyTorch and the fp32 ONNX models
-    check: bool = True  # run the parity checks (False: --no-check)
-    data: str | None = None  # CoLA source for the checks; default the data the run was trained on
-    max_check_sentences: int | None = None  # a seeded dev subset for quick checks (tests); None: all of dev
-    batch_size: int = 64  # sentences per batch in the checks
-    progress: bool = True  # say what is happening on stderr
-
-    def validate(self) -> None:
-        from torch.onnx import _constants
-
-        max_opset = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-        checks = [
-            (14 <= self.opset <= max_opset, f"--opset must be between 14 and {max_opset}, got {self.opset}"),
-            (self.atol > 0, f"--atol must be positive, got {self.atol}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.threads >= 0, f"--threads must be at least 0 (0: ONNX Runtime's default), got {self.threads}"),
-            (self.triton_max_batch_size >= 1, f"Triton max batch size must be at least 1, got "
-                                              f"{self.triton_max_batch_size}"),
-            (self.max_check_sentences is None or self.max_check_sentences >= 8,  # the shape checks take 8
-             f"max_check_sentences must be at least 8, got {self.max_check_sentences}"),
-        ]
-        require(checks)
-        if self.int8:  # the int8 flags' errors before any export work
-            self.int8_tuning.validate()
 
 
 class ParityError(KdfastError):

@@ -28,7 +28,6 @@ import re
 import signal
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 from typing import Any, ClassVar
@@ -40,40 +39,8 @@ from fastapi.responses import JSONResponse
 from litserve.loops import BatchedLoop
 from pydantic import BaseModel, StrictStr, model_validator
 
+from kdfast.configs import ServeConfig
 from kdfast.errors import KdfastError
-
-
-@dataclass
-class ServeConfig:
-    run_dir: Path  # a teacher or student run folder
-    host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 to listen on every interface
-    port: int = 8000
-    runtime: str = "auto"  # as kdfast predict --runtime
-    max_batch_size: int = 32  # requests per batch; 1 turns dynamic batching off
-    batch_timeout_ms: float = 5.0  # how long the first request of a batch waits for others
-    workers: int = 1  # model copies (processes), each batching on its own
-    threads: int | None = None  # intra-op threads per worker (default: the runtime's)
-    batch_size: int = 16  # sentences per forward pass inside a batch (length-sorted: less padding than one pass)
-    max_texts: int = 256  # texts per request, at most
-    max_chars: int = 2000  # characters per text, at most
-    # bytes per request body, at most: 4 MiB holds any request within the default limits (256 texts of 2,000
-    # characters, even written as \uXXXX escapes), and bounds what one request can make the server hold
-    max_body_bytes: int = 4 * 1024 * 1024
-    device: str = "auto"  # the torch runtime's device
-
-    def validate(self) -> None:
-        from kdfast.errors import require
-
-        require([(self.host in ("127.0.0.1", "0.0.0.0", "::"), f"--host must be 127.0.0.1, 0.0.0.0 or ::, got "
-                                                               f"{self.host!r}"),
-                 (1024 <= self.port <= 65535, f"--port must be from 1024 to 65535, got {self.port}"),
-                 (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
-                 (self.batch_timeout_ms >= 0, f"--batch-timeout-ms must be >= 0, got {self.batch_timeout_ms}"),
-                 (self.workers >= 1, f"--workers must be at least 1, got {self.workers}"),
-                 (self.max_texts >= 1, f"--max-texts must be at least 1, got {self.max_texts}"),
-                 (self.max_chars >= 1, f"--max-chars must be at least 1, got {self.max_chars}"),
-                 (self.max_body_bytes >= 1024, f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}")])
-
 
 DRAIN_S = 10.0  # on SIGTERM/SIGINT, how long an HTTP worker may take to answer the requests it holds
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: JSON's \ud800 escape, not a character

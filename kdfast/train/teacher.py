@@ -12,7 +12,7 @@ the last token that is not padding, which is right under right padding (checked 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdfast.batching import length_grouped_batches, length_sorted_batches, pad_batch, shuffled_batches
+from kdfast.configs import TeacherConfig, check_model_name
 from kdfast.data import Dataset, load_dataset, subsample
-from kdfast.errors import KdfastError, first_line, require
+from kdfast.errors import KdfastError, first_line
 from kdfast.metrics import best_summary, improves, score_logits
 from kdfast.models import resolve_model
+from kdfast.options import CONFIG_FILE, plain, write_config
 from kdfast.plots import plot_curves
 from kdfast.runs import (
     METRICS_FILE,
@@ -39,6 +41,7 @@ from kdfast.runs import (
     write_run_info,
 )
 from kdfast.train.distributed import Context, setup
+from kdfast.train.loggers import epoch_metrics, metric_logger
 from kdfast.train.lora import (
     count_parameters,
     inject_lora,
@@ -51,62 +54,11 @@ from kdfast.train.lora import (
 from kdfast.train.training import (
     adamw_with_warmup,
     check_finite,
-    common_checks,
     optimizer_step,
     progress_bar,
     seed_everything,
 )
 from kdfast.verdict import against_majority
-
-
-@dataclass
-class TeacherConfig:
-    model: str = "gpt2"  # Hub name or local folder of any sequence-classification backbone
-    data: str = "cola"  # "cola" (bundled), a folder, a CSV/TSV/JSON Lines file, or hub:NAME (kdfast.data)
-    dev_data: str | None = None  # the dev file when --data is one training file
-    text_column: str | None = None  # default: text, else sentence
-    label_column: str | None = None  # default: label
-    select_by: str = "mcc"  # the dev score that picks the best epoch: mcc | acc | f1
-    out: Path = Path("runs/teacher")  # the run folder to write
-    # The defaults are the recipe measured best on the MiniLM-L6 backbone (docs/results.md,
-    # benchmarks/bench_quality.py); for GPT-2 they are assumed, not measured (no GPT-2 weights where it is developed).
-    epochs: int = 10
-    lr: float = 5e-4  # 1e-3 (the report's) collapses to the majority class; with warm-up, 1e-3 still learns slower
-    rank: int = 16  # LoRA rank r
-    alpha: float = 32.0  # LoRA scaling is alpha / r
-    lora_dropout: float = 0.1  # dropout on the LoRA branch only
-    batch_size: int = 32
-    max_length: int = 64  # tokens; CoLA's longest sentence is 47 GPT-2 tokens
-    seed: int = 0
-    max_train_samples: int | None = None  # a seeded subset of train, for quick runs
-    device: str = "auto"  # auto | cpu | cuda
-    warmup_ratio: float = 0.1  # share of the steps with a linear warm-up
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0  # gradient clipping
-    fused_lora: bool = False  # the fused Triton LoRA kernel for unmerged layers on CUDA
-    group_by_length: bool = True  # batch sentences of similar length together: about half the compute
-    grad_accum: int = 1  # micro-batches per optimizer step on each process; --batch-size stays the global batch
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast on CUDA (fp16 with a gradient scaler)
-    overwrite: bool = False  # replace a non-empty --out
-    progress: bool = True
-
-    def validate(self) -> None:
-        require([
-            *common_checks(self),
-            (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
-            (self.alpha > 0, f"--alpha must be positive, got {self.alpha}"),
-            (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}"),
-            (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
-        ])
-        self.model = resolve_model(self.model)  # a short name (minilm) -> its folder, recorded as such
-        check_model_name(self.model)
-
-
-def check_model_name(name: str) -> None:
-    """A --model that names a local path must be a folder (checked before any slow loading)."""
-    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise KdfastError(f"--model {name}: no such folder")
 
 
 def check_hub_model(name: str) -> None:
@@ -268,7 +220,9 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] = {}
-    with progress_bar(cfg.progress, ctx.master) as bar:
+    step_no = 0  # optimizer steps so far: the x-axis of --report-to
+    with progress_bar(cfg.progress, ctx.master) as bar, metric_logger(cfg.report_to, cfg.out, plain(cfg),
+                                                                        ctx.master) as log:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             task = bar.add_task(f"teacher epoch {epoch}/{cfg.epochs}", total=len(train), loss=0.0, rate=0.0)
@@ -279,6 +233,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                 batches = shuffled_batches(len(train), cfg.batch_size, generator)
             for step, batch in enumerate(batches):  # the same global batches on every rank; each takes its slice
                 parts = ctx.micro_batches(batch, cfg.grad_accum)
+                step_loss, step_rows = 0.0, 0
                 for k, part in enumerate(parts):
                     idx = part or batch[:1]  # an empty slice still runs (every rank joins DDP's sync), at weight 0
                     input_ids, mask = pad_batch([train_ids[i] for i in idx], tokenizer.pad_token_id)
@@ -290,10 +245,13 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
                         # rows' sum × N / B: DDP's mean over ranks then gives the mean over the global batch
                         scaler.scale(loss * ctx.weight(len(part), len(batch))).backward()
                     if part:
-                        loss_sum += loss.item()
+                        step_loss += loss.item()
+                        step_rows += len(part)
                         correct += int((logits.argmax(-1) == labels).sum())
-                        seen += len(part)
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer_step(optimizer, scheduler, scaler, params, cfg.max_grad_norm)
+                loss_sum, seen, step_no = loss_sum + step_loss, seen + step_rows, step_no + 1
+                log.log_dict({"train/loss": step_loss / max(step_rows, 1), "train/lr": lr}, step_no)
                 rate = seen * ctx.world / (time.perf_counter() - start)
                 bar.update(task, advance=len(batch), loss=loss_sum / max(seen, 1), rate=rate)
             loss_sum, correct, seen = ctx.all_sum(loss_sum, correct, seen)  # the epoch over every rank's slices
@@ -301,6 +259,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
             report = score_dev(sharded_logits(ctx, model, dev_ids, tokenizer.pad_token_id), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                             "train_sentences_per_s": seen / seconds, **report})
+            log.log_dict(epoch_metrics(history[-1]), step_no)
             bar.console.print(
                 f"epoch {epoch}: train loss {loss_sum / seen:.4f}, dev acc {report['dev_acc']:.4f}, "
                 f"dev MCC {report['dev_mcc']:.4f}, dev F1 {report['dev_f1']:.4f}"
@@ -308,7 +267,8 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
             if improves(report, best, cfg.select_by):  # the same dev logits on every rank: the same best epoch
                 best = best_summary(epoch, report)
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    assert best is not None
+        assert best is not None
+        log.set_final({f"best/{k.removeprefix('dev_')}": v for k, v in best.items()})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n in best_state:
@@ -334,6 +294,7 @@ def run(cfg: TeacherConfig) -> dict[str, Any]:
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
         write_json(tmp / METRICS_FILE, metrics)
+        write_config(tmp / CONFIG_FILE, cfg)  # what --config reads back: the run again
         plot_curves(history, tmp / "curves.png", f"LoRA teacher ({cfg.model}, r={cfg.rank}) on {data.source}")
         write_run_info(tmp, "teacher", labels=data.labels)
     return metrics

@@ -43,11 +43,11 @@ from safetensors.torch import save_file
 from kdfast.data.tabular import is_table, iter_rows
 from kdfast.errors import KdfastError, first_line
 from kdfast.runs import METRICS_FILE, read_json
+from kdfast.train.distill import PART_LINES
 from kdfast.train.distributed import Context, barrier
 from kdfast.train.teacher_cache import cache_key, teacher_fingerprint, teacher_pass, teacher_texts
 
 FORMAT = "kdfast-transfer-v1"
-PART_LINES = 4096
 CACHE_DIR = "transfer_cache"
 
 
