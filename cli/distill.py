@@ -28,7 +28,7 @@ def _report(metrics: dict[str, Any], name: str, out: Path) -> None:
 
 
 @app.command("distill")
-@command(DistillConfig, config=True)
+@command(DistillConfig)
 def distill(cfg: DistillConfig) -> None:
     """Distil a teacher run into the RNN student. Writes metrics.json, student.safetensors, student_config.json,
     vocab.json, teacher_logits.safetensors, curves.png and config.yaml."""
@@ -38,7 +38,7 @@ def distill(cfg: DistillConfig) -> None:
 
 
 @train_app.command("rnn")
-@command(ScratchConfig, config=True)
+@command(ScratchConfig)
 def train_rnn(cfg: ScratchConfig) -> None:
     """Train the RNN student on the labels alone: the baseline for distillation. Same files as distill, less the
     teacher's logits."""

@@ -9,7 +9,7 @@ from kdfast.options import command
 
 
 @train_app.command("lora")
-@command(TeacherConfig, config=True)
+@command(TeacherConfig)
 def train_lora(cfg: TeacherConfig) -> None:
     """Fine-tune a classifier with LoRA on CoLA or your data: the teacher. Writes metrics.json, adapter/, merged/,
     curves.png, config.yaml.

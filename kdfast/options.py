@@ -132,7 +132,7 @@ def config_only(cls: type) -> list[str]:
     return out
 
 
-def command(cls: type, *, config: bool = False, extra: dict[str, tuple[Any, Any]] | None = None
+def command(cls: type, *, config: bool = True, extra: dict[str, tuple[Any, Any]] | None = None
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make ``fn(cfg, **extra)`` a Typer command whose options are ``cls``'s fields: the decorated function's
     signature is built from them (Typer reads ``__signature__``). ``extra``: command-line-only parameters,

@@ -13,25 +13,32 @@ is skipped when its record matches the current configuration, its outputs exist 
 from ran again; otherwise it runs again (and so, in turn, do the stages that read its outputs). Each stage writes
 its outputs in a temporary folder and renames them into place when complete, and the record is written only after
 that, so a stage interrupted half-way leaves nothing that a later run would take for finished.
+
+One configuration file: ``OUT/config.yaml`` holds the pipeline's options and a section per stage (``teacher``,
+``student``, ``rnn``, ``export_teacher``, ``export_student``, ``export_rnn``, ``bench``) with every option that
+stage ran with; ``kdfast pipeline --config FILE`` reads such a file back, each section's options over the preset's
+(a section may hold only the options to change). The pipeline's own options (the data, device, seed, report-to)
+are set once at the top; the run folders each stage reads and writes follow from ``--out``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kdfast.configs import DATA, DEV_DATA, DEVICE, LABEL_COLUMN, MINILM, TEXT_COLUMN
-from kdfast.errors import KdfastError
+from kdfast.configs import DATA, DEV_DATA, DEVICE, LABEL_COLUMN, MINILM, REPORT_TO_HELP, TEXT_COLUMN, report_to_check
+from kdfast.errors import KdfastError, require
 from kdfast.models import resolve_model
-from kdfast.options import option
+from kdfast.options import CONFIG_FILE, coerce, instantiate, option, plain
 from kdfast.runs import read_json, write_json
 
 STATE_FILE = "pipeline.json"
@@ -82,11 +89,69 @@ class PipelineConfig:
     device: str = option("auto", DEVICE)
     seed: int = option(0)
     progress: bool = option(True, "Show the progress display.")
+    report_to: str = option("none", REPORT_TO_HELP + " For the three training stages.")
+    # A configuration file's section per stage: that stage's options over the preset's (SECTIONS; OUT/config.yaml
+    # lists every one a run used). Not flags: a stage's options are set in the file.
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    rnn: dict[str, Any] = field(default_factory=dict)
+    export_teacher: dict[str, Any] = field(default_factory=dict)
+    export_student: dict[str, Any] = field(default_factory=dict)
+    export_rnn: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise KdfastError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        require([(self.preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}"),
+                 report_to_check(self.report_to)])
+        for name in SECTIONS:
+            section = getattr(self, name)
+            require([(isinstance(section, dict), f"--config: section {name} must be a mapping of option names to "
+                                                 f"values, got {section!r}")])
         resolve_model(self.model)  # a short name whose package is missing fails here, before any stage runs
+
+
+# The stage sections of a configuration file, and what no section may set: the options every stage shares (set
+# once, at the top) and the run folders that wire the stages together (from --out).
+SECTIONS = ("teacher", "student", "rnn", "export_teacher", "export_student", "export_rnn", "bench")
+SHARED = ("data", "dev_data", "text_column", "label_column", "device", "seed", "report_to", "overwrite", "progress")
+WIRED = {"teacher": ("model", "out"), "student": ("teacher", "out"), "rnn": ("out",), "export": ("run_dir", "out"),
+         "bench": ("teacher", "students", "json", "md", "csv", "plot")}
+
+
+def _wired(section: str) -> tuple[str, ...]:
+    return WIRED["export" if section.startswith("export_") else section]
+
+
+def stage_config(cls: type, section: str, values: dict[str, Any], cfg: PipelineConfig) -> Any:
+    """``cls`` from the preset's ``values`` with the configuration file's section ``section`` over them."""
+    where = f"section {section}"
+    own = coerce(cls, getattr(cfg, section), where)
+    refused = sorted(set(own) & (set(SHARED) | set(_wired(section))))
+    if refused:
+        raise KdfastError(f"--config: section {section}: {', '.join(refused)} is set for the whole pipeline (at the "
+                          "top of the file, by its flag, or from --out), not per stage")
+    return instantiate(cls, {**values, **own})
+
+
+def resolved_config(cfg: PipelineConfig, stages: list[Stage]) -> dict[str, Any]:
+    """What ``OUT/config.yaml`` holds: the pipeline's options, then every stage's as it ran (not the shared and
+    wired ones, which follow from the top)."""
+    out: dict[str, Any] = {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg) if f.name not in SECTIONS}
+    for stage in stages:
+        section = stage.name.replace("-", "_")
+        if section in SECTIONS:
+            skip = set(SHARED) | set(_wired(section))
+            out[section] = {k: v for k, v in plain(stage.config).items() if k not in skip}
+    return out
+
+
+def write_resolved_config(path: Path, cfg: PipelineConfig, stages: list[Stage]) -> None:
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(resolved_config(cfg, stages), sort_keys=False, allow_unicode=True),
+                   encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -117,19 +182,21 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     quick = cfg.preset == "quick"
     common = {"data": cfg.data, "dev_data": cfg.dev_data, "text_column": cfg.text_column,
               "label_column": cfg.label_column, "device": cfg.device, "seed": cfg.seed, "overwrite": True,
-              "progress": False}
+              "progress": False, "report_to": cfg.report_to}
     if quick:  # QUICK: a first run that learns, in minutes on two CPU cores with MiniLM-L6 (docs/reference.md)
-        teacher = TeacherConfig(model=cfg.model, out=out / "teacher", **QUICK_TEACHER, **common)
+        teacher_kw: dict[str, Any] = dict(QUICK_TEACHER)
         student_kw: dict[str, Any] = dict(QUICK_STUDENT)
         bench_kw: dict[str, Any] = dict(QUICK_BENCH)
     else:  # the README's results table
-        teacher = TeacherConfig(model=cfg.model, out=out / "teacher", rank=16, alpha=32, lr=5e-4, epochs=10,
-                                group_by_length=True, **common)
+        teacher_kw = {"rank": 16, "alpha": 32, "lr": 5e-4, "epochs": 10, "group_by_length": True}
         student_kw, bench_kw = {"epochs": 8}, {"threads": 2}
+    teacher = stage_config(TeacherConfig, "teacher", {"model": cfg.model, "out": out / "teacher", **teacher_kw,
+                                                      **common}, cfg)
     # distill's defaults are the README's recipe: a transfer set, and the teacher's sentence representation fitted
     distill_kw = QUICK_DISTILL if quick else {}
-    student = DistillConfig(teacher=teacher.out, out=out / "student", **student_kw, **distill_kw, **common)
-    rnn = ScratchConfig(out=out / "rnn", **student_kw, **common)
+    student = stage_config(DistillConfig, "student", {"teacher": teacher.out, "out": out / "student", **student_kw,
+                                                      **distill_kw, **common}, cfg)
+    rnn = stage_config(ScratchConfig, "rnn", {"out": out / "rnn", **student_kw, **common}, cfg)
     stages = [
         Stage("teacher", teacher, [teacher.out / "metrics.json"], run_teacher),
         Stage("student", student, [student.out / "metrics.json"], run_student, ["teacher"]),
@@ -141,14 +208,15 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         # its int8 tuning builds and judges dozens of candidate models, minutes that a first run need not spend.
         # A refused int8 is a note, not a stop. Export and bench score each run on the data it was trained on.
         int8 = not (quick and name == "teacher")
-        export = ExportConfig(run_dir=run_dir, int8=int8, optimize=name == "teacher", progress=False)
+        export = stage_config(ExportConfig, f"export_{name}", {"run_dir": run_dir, "int8": int8,
+                                                               "optimize": name == "teacher", "progress": False}, cfg)
         stages.append(Stage(f"export-{name}", export, [run_dir / "onnx" / "manifest.json"],
                             lambda c: run_dropping_failed_int8(c, say), [name]))
     bench_dir = out / "bench"
-    bench = BenchConfig(teacher=teacher.out, students=[student.out, rnn.out], device=cfg.device,
-                        json=bench_dir / "bench.json", md=bench_dir / "bench.md", csv=bench_dir / "bench.csv",
-                        plot=bench_dir / "bench.png",
-                        progress=False, **bench_kw)
+    bench = stage_config(BenchConfig, "bench", {
+        "teacher": teacher.out, "students": [student.out, rnn.out], "device": cfg.device, "json": bench_dir /
+        "bench.json", "md": bench_dir / "bench.md", "csv": bench_dir / "bench.csv", "plot": bench_dir / "bench.png",
+        "progress": False, **bench_kw}, cfg)
     stages.append(Stage("bench", bench, [bench_dir / "bench.json"], run_bench, [s.name for s in stages]))
     summary = SummaryConfig(teacher=teacher.out, student=student.out, rnn=rnn.out, bench_json=bench.json,
                             out=out / SUMMARY_FILE)
@@ -178,6 +246,8 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = build_stages(cfg)
+    if master:
+        write_resolved_config(out / CONFIG_FILE, cfg, stages)  # what --config reads back: this pipeline again
     state = read_state(out)
     ran: list[str] = []
     skipped: list[str] = []

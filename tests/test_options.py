@@ -24,21 +24,21 @@ from kdfast.configs import (
     TeacherConfig,
 )
 from kdfast.options import KEY, config_only
-from kdfast.pipeline import PipelineConfig
+from kdfast.pipeline import SECTIONS, PipelineConfig
 from kdfast.train.distill import DistillConfig, ScratchConfig
 
 COMMANDS: dict[str, type] = {"train lora": TeacherConfig, "train rnn": ScratchConfig, "distill": DistillConfig,
                              "pipeline": PipelineConfig, "export": ExportConfig, "bench": BenchConfig,
                              "serve": ServeConfig, "generate": GenerateConfig}
 NO_CONFIG = {"predict", "label", "eval", "compare"}  # commands without a stage configuration
-CLI_ONLY = {"train lora": {"config"}, "train rnn": {"config"}, "distill": {"config"}, "export": {"onnx"},
-            "bench": {"compare_files"}}
+CLI_ONLY = {name: {"config"} for name in COMMANDS} | {"export": {"config", "onnx"},
+                                                     "bench": {"config", "compare_files"}}
 # Fields no flag sets (a configuration file does): each one here on purpose.
 FILE_ONLY = {
     TeacherConfig: ["warmup_ratio", "weight_decay", "max_grad_norm"],
     ScratchConfig: ["max_length", "warmup_ratio", "weight_decay", "max_grad_norm"],
     DistillConfig: ["max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "teacher_batch_size"],
-    PipelineConfig: [],
+    PipelineConfig: list(SECTIONS),
     ExportConfig: ["int8_tuning." + n for n in ("held_out", "perturbed", "confidence", "max_fp32_nodes",
                                                  "rank_sentences", "percentile", "recipes", "threads",
                                                  "timing_rounds", "batch_size", "seed")]

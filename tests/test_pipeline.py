@@ -85,6 +85,10 @@ def test_pipeline_runs_end_to_end_and_resumes(tiny_gpt2: Path, cola_dir: Path, t
     code, stdout, stderr = run_cli(args, capsys)
     assert code == 0, stderr
     assert "ran: nothing" in stdout and "| majority class ('acceptable' for every sentence) | 0.6894 | 0 |" in stdout
+    # The run's config.yaml is the same pipeline: read back alone, every stage's configuration hashes the same.
+    code, stdout, stderr = run_cli(["pipeline", "--config", str(out / "config.yaml"), "--no-progress"], capsys)
+    assert code == 0, stderr
+    assert "ran: nothing" in stdout
 
     # The scratch student's outputs are gone: it runs again, with its export, the bench and the summary.
     shutil.rmtree(out / "rnn")
@@ -208,3 +212,53 @@ def test_pipeline_data_reaches_every_stage(tiny_gpt2: Path, tmp_path: Path, tiny
                                                         out / "bench" / "bench.json", out / "summary.md"))
     assert summary["majority_class"] == "fish" and summary["majority_acc"] == pytest.approx(12 / 30)
     assert "fish" in (out / "summary.md").read_text()
+
+
+def test_config_sections_set_each_stages_options(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A section per stage in --config: its options over the preset's, written back in OUT/config.yaml; the options
+    every stage shares and the folders that wire them are refused there, with one error line."""
+    import yaml
+
+    import kdfast.pipeline as pipeline
+
+    seen: list[pipeline.PipelineConfig] = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg: seen.append(cfg) or {"summary": None})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"preset": "quick", "seed": 3, "teacher": {"epochs": 2, "rank": 4},
+                                    "student": {"temperature": 4, "recipe": "plain"},
+                                    "export-student": {"int8": False, "int8_tuning": {"min_speedup": 1.5}},
+                                    "bench": {"iters": 3}}))
+    code, _, err = run_cli(["pipeline", "--config", str(path), "--out", str(tmp_path / "r"), "--seed", "5"], capsys)
+    assert code == 0, err
+    cfg = seen[-1]
+    stages = {s.name: s.config for s in pipeline.build_stages(cfg)}
+    teacher, student, rnn = stages["teacher"], stages["student"], stages["rnn"]
+    assert (teacher.epochs, teacher.rank, teacher.lr) == (2, 4, pipeline.QUICK_TEACHER["lr"])  # the rest: the preset
+    assert (student.temperature, student.recipe, student.alpha) == (4.0, "plain", 0.5)
+    assert student.augment == pipeline.QUICK_DISTILL["augment"]  # the preset's explicit value wins over the recipe
+    assert {teacher.seed, student.seed, rnn.seed} == {5}  # the flag over the file, for every stage
+    assert teacher.out == tmp_path / "r" / "teacher" and student.teacher == teacher.out
+    export = stages["export-student"]
+    assert not export.int8 and export.int8_tuning.min_speedup == 1.5 and export.int8_tuning.max_drop == 0.01
+    assert stages["export-rnn"].int8 and stages["bench"].iters == 3
+
+    written = pipeline.resolved_config(cfg, list(pipeline.build_stages(cfg)))
+    assert written["seed"] == 5 and written["teacher"]["epochs"] == 2 and "out" not in written["teacher"]
+    assert written["export_student"]["int8_tuning"]["min_speedup"] == 1.5 and "seed" not in written["student"]
+
+    for section, bad in (("teacher", {"out": "x"}), ("student", {"seed": 1}), ("bench", {"students": ["a"]}),
+                         ("export_rnn", {"run_dir": "a"})):
+        path.write_text(yaml.safe_dump({section: bad}))
+        code, _, err = run_cli(["pipeline", "--config", str(path), "--out", str(tmp_path / "r")], capsys)
+        assert code == 0, err  # the file is read; the stages are built (and refuse it) when the pipeline runs
+        with pytest.raises(pipeline.KdfastError, match=f"section {section}: {next(iter(bad))} is set for the whole"):
+            pipeline.build_stages(seen[-1])
+    path.write_text("teacher:\n  epochz: 2\n")
+    run_cli(["pipeline", "--config", str(path), "--out", str(tmp_path / "r")], capsys)
+    with pytest.raises(pipeline.KdfastError, match="section teacher: unknown option 'epochz'"):
+        pipeline.build_stages(seen[-1])
+    path.write_text("teacher: 3\n")
+    monkeypatch.undo()
+    code, _, err = run_cli(["pipeline", "--config", str(path), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith("error: --config: section teacher must be a mapping") and not (
+        tmp_path / "r").exists()
