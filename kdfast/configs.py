@@ -296,6 +296,83 @@ class ServeConfig:
                  (self.max_body_bytes >= 1024, f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}")])
 
 
+# --- kdfast predict, label and eval
+
+RUNTIMES_HELP = ("auto, torch, onnx, onnx-opt or onnx-int8; auto: the fastest ONNX variant in RUN/onnx that passed its "
+                 "parity check, else torch.")
+PREDICT_FORMATS = ("auto", "table", "jsonl", "csv")
+ENGINES = ("local", "ray")
+BAD_ROWS = ("error", "null")  # a row whose text is null, blank or not a string: stop, or a null answer
+ROWS_PER_BATCH = "Rows read, scored and written at a time (a Ray batch)."
+ADDRESS = "--engine ray: a cluster to join (auto, or ray://HOST:10001); default: start Ray on this machine for the run."
+
+
+@dataclass
+class PredictConfig:
+    """``kdfast predict``."""
+
+    run_dir: Path = option(help=RUN_DIR, argument=True)
+    texts: list[str] = option(help="Sentences to classify (else --file, else standard input).", factory=list,
+                              argument=True, cli_type=list[str] | None, cli_default=None, parse=lambda v: list(v or []))
+    file: Path | None = option(None, "Plain text (one sentence per line), or a .csv, .tsv, .jsonl or .parquet file "
+                               "with --text-column (--engine ray: a folder or a glob of Parquet files).", "--file",
+                               "-f")
+    text_column: str | None = option(None, TEXT_COLUMN)
+    format: str = option("auto", "table, jsonl or csv; auto: a table on a terminal, JSON Lines otherwise.")
+    out: Path | None = option(None, "Write the predictions here instead of standard output.")
+    runtime: str = option("auto", RUNTIMES_HELP)
+    batch_size: int = option(64, "Sentences per forward pass (sorted by length).")
+    threads: int | None = option(None, "Intra-op threads of ONNX Runtime or torch (default: theirs).")
+    device: str = option("auto", "auto, cpu or cuda (the torch runtime).")
+    progress: bool = option(True, "A progress bar on a terminal, and the speed at the end.")
+    engine: str = option("local", "local (this process) or ray (Ray Data over --workers actors; Parquet in: a file, a "
+                         "folder or a glob; --out a folder, or one file by its suffix).")
+    keep_columns: str | None = option(None, "Input columns to keep in a table written to --out, comma-separated "
+                                      "(default: all; '' keeps none).")
+    bad_rows: str = option("error", "A row whose text is null, not a string or blank: error (stop, naming it) or null "
+                           "(null label and probabilities, the reason in column 'error').")
+    rows_per_batch: int = option(4096, ROWS_PER_BATCH)
+    workers: int = option(1, "--engine ray: actors, each with its own model and --threads threads.")
+    address: str | None = option(None, ADDRESS)
+
+    def validate(self) -> None:
+        require([(self.format in PREDICT_FORMATS, f"--format {self.format!r}: choose one of "
+                                                  f"{', '.join(PREDICT_FORMATS)}"),
+                 (self.engine in ENGINES, f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}"),
+                 (self.bad_rows in BAD_ROWS, f"--bad-rows {self.bad_rows!r}: choose one of {', '.join(BAD_ROWS)}")])
+
+
+@dataclass
+class LabelConfig:
+    """``kdfast label``."""
+
+    teacher: Path = option(help="A teacher run folder.", argument=True)
+    file: Path = option(Path(), "Sentences: plain text (one per line), .parquet, .csv, .tsv or .jsonl (--engine ray: "
+                        "plain text or Parquet).", "--file", "-f", required=True)
+    out: Path = option(Path(), "The teacher-labels file to write (.parquet; see docs/batch.md).", required=True)
+    text_column: str | None = option(None, TEXT_COLUMN)
+    engine: str = option("local", "local (this process) or ray (Ray Data over --workers actors).")
+    workers: int = option(1, "--engine ray: actors, each with its own teacher and --threads threads.")
+    address: str | None = option(None, ADDRESS)
+    features: bool = option(True, "Also the teacher's sentence representations (for distill's --feature-weight).")
+    rows_per_batch: int = option(4096, ROWS_PER_BATCH)
+    batch_size: int = option(64, "Sentences per forward pass (sorted by length).")
+    threads: int | None = option(None, "Intra-op threads per process or actor (default: torch's; 1 per actor).")
+    device: str = option("auto", DEVICE)
+    progress: bool = option(True, "The speed at the end.")
+
+
+@dataclass
+class EvalConfig:
+    """``kdfast eval``."""
+
+    run_dir: Path = option(help=RUN_DIR, argument=True)
+    data: str | None = option(None, "Data to score on (as --data of train); default: the run's own. Its label names "
+                              "must be the run's.")
+    device: str = option("auto", DEVICE)
+    json: bool = option(False, "Print JSON instead of a table.", "--json", name="json_out")
+
+
 # --- kdfast generate
 
 

@@ -17,9 +17,12 @@ from helpers import run_cli
 from kdfast.cli.main import app
 from kdfast.configs import (
     BenchConfig,
+    EvalConfig,
     ExportConfig,
     GenerateConfig,
     Int8Config,
+    LabelConfig,
+    PredictConfig,
     ServeConfig,
     TeacherConfig,
 )
@@ -29,8 +32,9 @@ from kdfast.train.distill import DistillConfig, ScratchConfig
 
 COMMANDS: dict[str, type] = {"train lora": TeacherConfig, "train rnn": ScratchConfig, "distill": DistillConfig,
                              "pipeline": PipelineConfig, "export": ExportConfig, "bench": BenchConfig,
-                             "serve": ServeConfig, "generate": GenerateConfig}
-NO_CONFIG = {"predict", "label", "eval", "compare"}  # commands without a stage configuration
+                             "serve": ServeConfig, "generate": GenerateConfig, "predict": PredictConfig,
+                             "label": LabelConfig, "eval": EvalConfig}
+NO_CONFIG = {"compare"}  # commands without a configuration (it reads run folders)
 CLI_ONLY = {name: {"config"} for name in COMMANDS} | {"export": {"config", "onnx"},
                                                      "bench": {"config", "compare_files"}}
 # Fields no flag sets (a configuration file does): each one here on purpose.
@@ -46,6 +50,9 @@ FILE_ONLY = {
     BenchConfig: ["timed_sentences"],
     ServeConfig: [],
     GenerateConfig: [],
+    PredictConfig: [],
+    LabelConfig: [],
+    EvalConfig: [],
 }
 
 
@@ -104,8 +111,9 @@ def test_every_option_is_a_field_and_every_field_an_option() -> None:
             p, spec = params[pname], f.metadata[KEY]
             where = f"{name} {flag}"
             assert p.help == spec.help, where
-            if spec.argument:
-                assert p.required and type(p).__name__ == "TyperArgument", where
+            if spec.argument:  # required unless it has a default (kdfast predict RUN [TEXT ...])
+                has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+                assert p.required is not has_default and type(p).__name__ == "TyperArgument", where
                 continue
             assert flag in p.opts, where
             if spec.required:

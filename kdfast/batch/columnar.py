@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdfast.configs import BAD_ROWS
 from kdfast.errors import KdfastError
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from kdfast.serve.predict import Classifier
 
 ROWS = 4096  # rows read, scored and written at a time: memory stays constant whatever the file's size
-BAD_ROWS = ("error", "null")
 TEXT_COLUMNS = ("text", "sentence")  # tried in this order when --text-column is not given (as kdfast.data does)
 PARQUET = (".parquet", ".pq")
 OUT_SUFFIXES = (*PARQUET, ".csv", ".tsv", ".jsonl")
