@@ -213,3 +213,32 @@ def test_ray_callable_is_the_local_scoring(student: Path, clf: Classifier, tmp_p
     wrapped.__cause__ = TaskError("ray::MapWorker... Traceback ... KdfastError: ...")
     assert user_error(wrapped) is bad.value
     assert user_error(RuntimeError("a bug")) is None
+
+
+@pytest.mark.parametrize("owned", [True, False])
+def test_ray_session_unwraps_an_actors_error_and_shuts_down_what_it_started(
+        owned: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray_session`` (both Ray paths): an actor's KdfastError, wrapped by Ray, comes out as itself; any other
+    error as it is; Ray is shut down after, error or not, when this run started it, and left running otherwise."""
+    import kdfast.batch.ray_engine as engine
+
+    calls: list[str] = []
+
+    class FakeRay:
+        def shutdown(self) -> None:
+            calls.append("shutdown")
+
+    monkeypatch.setattr(engine, "init_ray", lambda address, num_cpus=None, progress=False: owned)
+    monkeypatch.setattr(engine, "ray_required", lambda: FakeRay())
+    with engine.ray_session(None, 2) as (ray, start_s):
+        assert isinstance(ray, FakeRay) and start_s >= 0
+    assert calls == (["shutdown"] if owned else [])
+    bad = KdfastError("row 3: the text is null")
+    wrapped = RuntimeError("RayTaskError(KdfastError)")
+    wrapped.__cause__ = bad
+    with pytest.raises(KdfastError) as caught, engine.ray_session(None, 2):
+        raise wrapped
+    assert str(caught.value) == str(bad) and caught.value.__suppress_context__  # one line, no Ray traceback
+    with pytest.raises(RuntimeError, match="a bug"), engine.ray_session(None, 2):
+        raise RuntimeError("a bug")
+    assert calls == (["shutdown"] * 3 if owned else [])

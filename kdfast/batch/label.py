@@ -173,16 +173,12 @@ def ray_label(src: Any, teacher: str, workers: int, rows: int, batch_size: int, 
               features: bool, address: str | None, device: str, write: Callable[[pa.Table], None]) -> float:
     """The labelling on Ray Data: read (text or Parquet), map_batches(TeacherLabeller) over ``workers`` actors,
     the rows streamed back here in order to ``write``. Returns the seconds Ray took to start."""
-    from kdfast.batch.ray_engine import init_ray, local_cpus, ray_required, user_error
+    from kdfast.batch.ray_engine import local_cpus, ray_session
 
     kinds = {kind_of(f) for f in src.files}
     if not kinds <= {"parquet", "text"}:
         raise KdfastError("--engine ray reads plain text or Parquet; convert the file, or use --engine local")
-    started = time.perf_counter()
-    owned = init_ray(address, num_cpus=local_cpus(workers, threads))
-    start_s = time.perf_counter() - started
-    ray = ray_required()
-    try:
+    with ray_session(address, local_cpus(workers, threads)) as (ray, start_s):
         paths = [str(f) for f in src.files]
         ds = ray.data.read_text(paths) if kinds == {"text"} else ray.data.read_parquet(paths, columns=[src.text_column])
         labelled = ds.map_batches(
@@ -192,14 +188,6 @@ def ray_label(src: Any, teacher: str, workers: int, rows: int, batch_size: int, 
             batch_format="pyarrow", batch_size=rows, concurrency=workers, num_cpus=threads or 1)
         for batch in labelled.iter_batches(batch_size=None, batch_format="pyarrow"):
             write(batch)
-    except Exception as e:
-        err = user_error(e)
-        if err is not None:
-            raise err from None
-        raise
-    finally:
-        if owned:
-            ray.shutdown()
     return start_s
 
 

@@ -15,6 +15,9 @@ Ray is optional (``pip install "kdfast[ray]"``) and imported only here, inside f
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +129,27 @@ def user_error(e: BaseException) -> KdfastError | None:
     return None
 
 
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None, progress: bool = False) -> Iterator[tuple[Any, float]]:
+    """Ray started (or joined) for one run: yields the ``ray`` module and the seconds it took to start. A
+    KdfastError an actor raised comes out as itself (one error line), and Ray is shut down after if this run started
+    it."""
+    started = time.perf_counter()
+    owned = init_ray(address, num_cpus=num_cpus, progress=progress)
+    start_s = time.perf_counter() - started
+    ray = ray_required()
+    try:
+        yield ray, start_s
+    except Exception as e:
+        err = user_error(e)
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        if owned:
+            ray.shutdown()
+
+
 @dataclass
 class RayRun:
     rows: int  # rows written
@@ -140,7 +164,6 @@ def run_ray(run_dir: Path, file: str, out: Path, runtime: str = "auto", workers:
     """``kdfast predict --engine ray``: Parquet (a file, a folder or a glob) in; ``out`` a folder (Ray writes one
     Parquet file per block, in parallel) or one file by its suffix (the rows stream back here, in order)."""
     import shutil
-    import time
 
     import pyarrow.parquet as pq
 
@@ -163,37 +186,28 @@ def run_ray(run_dir: Path, file: str, out: Path, runtime: str = "auto", workers:
                           f"ending in {', '.join(OUT_SUFFIXES)})")
     writer = TableWriter(out) if to_file else None
     tmp: Path | None = None
-    started = time.perf_counter()
-    owned = init_ray(address, num_cpus=local_cpus(workers, threads), progress=progress)
-    start_s = time.perf_counter() - started
-    ray = ray_required()
-    try:
-        ds = ray.data.read_parquet([str(f) for f in files])
-        scored = predict_dataset(ds, run_dir, resolved, workers, rows, batch_size, threads, text, keep, bad_rows)
-        if writer is not None:
-            for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                writer.write(batch)
-            if writer.rows == 0:
-                raise KdfastError(f"no sentences to classify in {file}")
-            writer.close()
-            return RayRun(writer.rows, 1, start_s)
-        tmp = out.with_name(f".{out.name}.tmp")
-        scored.write_parquet(str(tmp))
-        written = sorted(tmp.glob("*.parquet"))
-        n = sum(pq.ParquetFile(f).metadata.num_rows for f in written)
-        if out.exists():
-            out.rmdir()  # empty, as checked above
-        tmp.replace(out)
-        return RayRun(n, len(written), start_s)
-    except Exception as e:
-        if writer is not None:
-            writer.abort()
-        elif tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        err = user_error(e)
-        if err is not None:
-            raise err from None
-        raise
-    finally:
-        if owned:
-            ray.shutdown()
+    with ray_session(address, local_cpus(workers, threads), progress) as (ray, start_s):
+        try:
+            ds = ray.data.read_parquet([str(f) for f in files])
+            scored = predict_dataset(ds, run_dir, resolved, workers, rows, batch_size, threads, text, keep, bad_rows)
+            if writer is not None:
+                for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    writer.write(batch)
+                if writer.rows == 0:
+                    raise KdfastError(f"no sentences to classify in {file}")
+                writer.close()
+                return RayRun(writer.rows, 1, start_s)
+            tmp = out.with_name(f".{out.name}.tmp")
+            scored.write_parquet(str(tmp))
+            written = sorted(tmp.glob("*.parquet"))
+            n = sum(pq.ParquetFile(f).metadata.num_rows for f in written)
+            if out.exists():
+                out.rmdir()  # empty, as checked above
+            tmp.replace(out)
+            return RayRun(n, len(written), start_s)
+        except BaseException:  # nothing half-written is left
+            if writer is not None:
+                writer.abort()
+            elif tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
