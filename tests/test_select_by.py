@@ -46,7 +46,7 @@ CASES = [("rnn", "acc"), ("rnn", "f1"), ("rnn", None), ("distill", "f1"), ("lora
 def test_the_kept_epoch_is_the_one_the_chosen_score_picks(command: str, select_by: str | None, tmp_path: Path,
                                                           tiny_gpt2: Path, teacher_run: Path, capsys,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdfast.train.distill
+    import kdfast.train.student_stage
     import kdfast.train.teacher
 
     out = tmp_path / "run"
@@ -54,7 +54,7 @@ def test_the_kept_epoch_is_the_one_the_chosen_score_picks(command: str, select_b
             "distill": ["distill", "--teacher", str(teacher_run), "--recipe", "plain", *STUDENT],
             "rnn": ["train", "rnn", *STUDENT]}[command]
     flag = [] if select_by is None else ["--select-by", select_by]
-    module = kdfast.train.teacher if command == "lora" else kdfast.train.distill
+    module = kdfast.train.teacher if command == "lora" else kdfast.train.student_stage
     with monkeypatch.context() as m:  # the training loop's scores scripted; kdfast eval's below are the real ones
         fake, real = scripted(module.score_dev)
         m.setattr(module, "score_dev", fake)
