@@ -183,31 +183,144 @@ def only_transfer_cache(out: Path) -> bool:
     return out.is_dir() and {p.name for p in out.iterdir()} <= {TRANSFER_CACHE_DIR}
 
 
+# --- what the student learns from: the labels alone, or a teacher too
+
+
+class FromLabels:
+    """``kdfast train rnn``: the student learns from the gold labels alone. The loop is the one distillation runs,
+    with its KL, feature and word terms weighted 0; ``FromTeacher`` adds what a teacher teaches."""
+
+    mode = "scratch"
+    alpha, temperature, beta, gamma = 0.0, 1.0, 0.0, 0.0
+
+    def __init__(self, cfg: ScratchConfig) -> None:
+        self.cfg = cfg
+        self.synthetic: list[str] = []  # sentences the teacher labelled, added to the training set
+        self.scores: dict[str, torch.Tensor] = {}  # the teacher's pass over the training set (teacher_cache)
+        self.cache: dict[str, Any] = {}  # where those scores came from, for metrics.json
+
+    def replace_out(self) -> bool:
+        """May the run folder be replaced: --overwrite."""
+        return self.cfg.overwrite
+
+    def check(self) -> None:
+        """What must hold before anything is loaded or trained."""
+
+    def label_order(self) -> list[str] | None:
+        """The label names the student's ids must follow (None: the data's own)."""
+        return None
+
+    def prepare(self, model: DistilRNN, vocab: WordVocab, sentences: list[str], ctx: Any, bar: Any) -> None:
+        """The teacher's part of the setup: synthetic sentences, its scores, the student's embeddings."""
+
+    def stream(self, vocab: WordVocab, feature_stats: tuple[Any, Any], ctx: Any, bar: Any) -> Stream | None:
+        """The ``--transfer`` file's batches, or None."""
+        return None
+
+    def describe(self) -> str:
+        return "scratch"
+
+    def report(self, best: dict[str, Any]) -> dict[str, Any]:
+        """What metrics.json says of the teacher."""
+        return {}
+
+    def save(self, tmp: Path, train_size: int) -> None:
+        """The teacher's share of the run folder."""
+
+
+class FromTeacher(FromLabels):
+    """``kdfast distill``: the student learns from a teacher run too: its soft labels (Hinton's KL term, weight
+    ``alpha`` at temperature ``T``), its sentence representations (``beta``), its word vectors (``gamma``), its labels
+    of synthetic sentences and of the ``--transfer`` file (``kdfast.train.distill`` describes the method)."""
+
+    mode = "distill"
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        super().__init__(cfg)
+        self.cfg: DistillConfig = cfg
+        self.alpha, self.temperature = cfg.alpha, cfg.temperature
+        self.beta, self.gamma = cfg.feature_weight or 0.0, cfg.word_weight or 0.0
+        cfg.teacher = Path(cfg.teacher)
+        # an --out holding only the transfer cache of an interrupted run is resumed, not refused
+        self.own_cache = cfg.transfer is not None and cfg.transfer_cache is None
+
+    def replace_out(self) -> bool:
+        return self.cfg.overwrite or (self.own_cache and only_transfer_cache(self.cfg.out))
+
+    def check(self) -> None:
+        try:
+            read_run_info(self.cfg.teacher, "teacher")
+        except KdfastError as e:
+            raise KdfastError(f"--teacher {e}") from None
+
+    def label_order(self) -> list[str] | None:
+        # a distilled student's ids are its teacher's: the teacher's logits are columns in the teacher's label order
+        return run_labels(self.cfg.teacher)
+
+    def prepare(self, model: DistilRNN, vocab: WordVocab, sentences: list[str], ctx: Any, bar: Any) -> None:
+        cfg = self.cfg
+        neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
+        self.synthetic = augment(sentences, cfg.augment or 0, cfg.seed, neighbours)
+        self.scores, key, hit = score_with_teacher(cfg.teacher, sentences + self.synthetic, ctx, bar,
+                                                   [cfg.reuse_logits, cfg.out], self.beta > 0, cfg.word_layer_used,
+                                                   cfg.teacher_batch_size)
+        self.cache = {"key": key, "reused": hit}
+        if cfg.embed_init == "teacher":
+            init_from_teacher_embeddings(model.embed, vocab, teacher_tokenizer(cfg.teacher),
+                                         teacher_embeddings(cfg.teacher))
+        elif cfg.embed_init == "context":
+            init_from_word_states(model.embed, vocab, sentences + self.synthetic, self.scores)
+
+    def stream(self, vocab: WordVocab, feature_stats: tuple[Any, Any], ctx: Any, bar: Any) -> Stream | None:
+        cfg = self.cfg
+        if cfg.transfer is None:
+            return None
+        folder = cfg.transfer_cache or cfg.out / TRANSFER_CACHE_DIR
+        transfer = label_transfer(cfg.teacher, cfg.transfer, cfg.text_column, folder, ctx, bar,
+                                  cfg.teacher_batch_size, cfg.transfer_part_lines)
+        self.cache["transfer"] = {"file": str(cfg.transfer), "cache": str(folder), "lines": len(transfer),
+                                  "labelled_now": transfer.labelled}
+        return Stream(transfer, vocab, cfg.max_length, *feature_stats)
+
+    def describe(self) -> str:
+        return (f"distilled (T={self.temperature:g}, alpha={self.alpha:g}"
+                f"{f', beta={self.beta:g}' if self.beta else ''}{f', gamma={self.gamma:g}' if self.gamma else ''}, "
+                f"+{len(self.synthetic):,} synthetic)")
+
+    def report(self, best: dict[str, Any]) -> dict[str, Any]:
+        teacher_best = read_json(self.cfg.teacher / METRICS_FILE).get("best", {})
+        teacher_mcc = teacher_best.get("dev_mcc")
+        return {"teacher": {"run": str(self.cfg.teacher), "best": teacher_best, "logits_cache": self.cache,
+                            "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None,
+                            "word_layer": self.cfg.word_layer_used}}
+
+    def save(self, tmp: Path, train_size: int) -> None:
+        if self.own_cache and (self.cfg.out / TRANSFER_CACHE_DIR).is_dir():  # the cache moves into the new run
+            os.replace(self.cfg.out / TRANSFER_CACHE_DIR, tmp / TRANSFER_CACHE_DIR)
+        write_cache(tmp / CACHE_FILE, self.scores, self.cache["key"], self.cfg.teacher, train_size,
+                    self.cfg.word_layer_used)
+
+
 # --- the stage
 
 
 def run(cfg: ScratchConfig) -> dict[str, Any]:
-    """Train the student (distilled when ``cfg`` is a ``DistillConfig``) and write its run folder; returns the
-    contents of ``metrics.json``."""
+    """Train the student, distilled when ``cfg`` is a ``DistillConfig`` (``kdfast distill``), else from the labels
+    alone (``kdfast train rnn``), and write its run folder; returns the contents of ``metrics.json``."""
+    return train_student(cfg, FromTeacher(cfg) if isinstance(cfg, DistillConfig) else FromLabels(cfg))
+
+
+def train_student(cfg: ScratchConfig, source: FromLabels) -> dict[str, Any]:
+    """The student's training, whatever it learns from (``source``): setup → train → save."""
     # --- setup
-    distill = isinstance(cfg, DistillConfig)
     cfg.validate()
     cfg.out = Path(cfg.out)
-    # an --out holding only the transfer cache of an interrupted run is resumed, not refused
-    own_cache = isinstance(cfg, DistillConfig) and cfg.transfer is not None and cfg.transfer_cache is None
-    check_out_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out)))
-    if isinstance(cfg, DistillConfig):
-        cfg.teacher = Path(cfg.teacher)
-        try:
-            read_run_info(cfg.teacher, "teacher")
-        except KdfastError as e:
-            raise KdfastError(f"--teacher {e}") from None
+    check_out_dir(cfg.out, source.replace_out())
+    source.check()
     ctx = setup(cfg.device, cfg.precision, cfg.batch_size, cfg.grad_accum)
     device = ctx.device
     generator = seed_everything(cfg.seed)  # the same on every rank: the same init and the same order
-    # A distilled student's ids are its teacher's: the teacher's logits are columns in the teacher's label order.
-    teacher_labels = run_labels(cfg.teacher) if isinstance(cfg, DistillConfig) else None
-    data = load_dataset(cfg.data, cfg.dev_data, cfg.text_column, cfg.label_column, teacher_labels)
+    data = load_dataset(cfg.data, cfg.dev_data, cfg.text_column, cfg.label_column, source.label_order())
     train = subsample(data.train, cfg.max_train_samples, cfg.seed)
     sentences = [e.text for e in train]
     labels = [e.label for e in train]
@@ -218,39 +331,22 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
     counts = parameter_counts(model)
     runner = compile_student(model) if cfg.compile else model
     dev_ids = [vocab.encode(e.text, cfg.max_length) for e in data.dev]
-    alpha = cfg.alpha if isinstance(cfg, DistillConfig) else 0.0
-    temperature = cfg.temperature if isinstance(cfg, DistillConfig) else 1.0
-    soft: torch.Tensor | None = None
-    scores: dict[str, torch.Tensor] = {}
+    alpha, temperature, beta, gamma = source.alpha, source.temperature, source.beta, source.gamma
     target: torch.Tensor | None = None  # the teacher's standardised sentence representations, for --feature-weight
     projection: nn.Module | None = None  # student features -> teacher features; for training only, not saved
-    beta = (cfg.feature_weight or 0.0) if isinstance(cfg, DistillConfig) else 0.0
-    gamma = (cfg.word_weight or 0.0) if isinstance(cfg, DistillConfig) else 0.0
     words: WordTargets | None = None  # the teacher's word vectors, for --word-weight
     word_projection: nn.Module | None = None  # student states -> teacher word vectors; for training only
-    synthetic: list[str] = []
-    cache: dict[str, Any] = {}
 
     step_no = 0  # optimizer steps so far: the x-axis of --report-to
     with progress_bar(cfg.progress, ctx.master) as bar, metric_logger(cfg.report_to, cfg.out, plain(cfg),
                                                                         ctx.master) as log:
-        if isinstance(cfg, DistillConfig):
-            neighbours = teacher_word_neighbours(cfg.teacher, sentences) if cfg.augment else None
-            synthetic = augment(sentences, cfg.augment or 0, cfg.seed, neighbours)
-            layer = cfg.word_layer_used
-            scores, key, hit = score_with_teacher(cfg.teacher, sentences + synthetic, ctx, bar,
-                                                  [cfg.reuse_logits, cfg.out], beta > 0, layer, cfg.teacher_batch_size)
-            soft = scores["logits"]
-            if beta > 0:
-                target = standardise(scores["features"])
-                projection = nn.Linear(model.head.in_features, target.shape[1]).to(device)
-            cache = {"key": key, "reused": hit}
-            sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)
-            if cfg.embed_init == "teacher":
-                init_from_teacher_embeddings(model.embed, vocab, teacher_tokenizer(cfg.teacher),
-                                             teacher_embeddings(cfg.teacher))
-            elif cfg.embed_init == "context":
-                init_from_word_states(model.embed, vocab, sentences, scores)
+        source.prepare(model, vocab, sentences, ctx, bar)
+        scores, synthetic = source.scores, source.synthetic
+        soft = scores.get("logits")
+        if beta > 0:
+            target = standardise(scores["features"])
+            projection = nn.Linear(model.head.in_features, target.shape[1]).to(device)
+        sentences, labels = sentences + synthetic, labels + [-1] * len(synthetic)
         ids = [vocab.encode(s, cfg.max_length) for s in sentences]
         if gamma > 0:
             words = WordTargets(scores, [len(i) for i in ids])
@@ -260,14 +356,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
             raw = scores["features"]
             feature_stats = (raw.mean(0), raw.std(0, unbiased=len(raw) > 1).clamp(min=1e-6))
         memory = Memory(ids, torch.tensor(labels), soft, target)
-        stream: Stream | None = None
-        if isinstance(cfg, DistillConfig) and cfg.transfer is not None:
-            folder = cfg.transfer_cache or cfg.out / TRANSFER_CACHE_DIR
-            transfer = label_transfer(cfg.teacher, cfg.transfer, cfg.text_column, folder, ctx, bar,
-                                      cfg.teacher_batch_size, cfg.transfer_part_lines)
-            stream = Stream(transfer, vocab, cfg.max_length, *feature_stats)
-            cache["transfer"] = {"file": str(cfg.transfer), "cache": str(folder), "lines": len(transfer),
-                                 "labelled_now": transfer.labelled}
+        stream = source.stream(vocab, feature_stats, ctx, bar)
         steps_per_epoch = -(-len(ids) // cfg.batch_size) + (stream.steps(cfg.batch_size) if stream else 0)
         heads = [m for m in (projection, word_projection) if m is not None]
         params = [*model.parameters(), *(p for m in heads for p in m.parameters())]
@@ -285,7 +374,7 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         train_start = time.perf_counter()
         for epoch in range(1, cfg.epochs + 1):
             runner.train()
-            task = bar.add_task(f"{'distill' if distill else 'scratch'} epoch {epoch}/{cfg.epochs}",
+            task = bar.add_task(f"{source.mode} epoch {epoch}/{cfg.epochs}",
                                 total=len(ids) + (len(stream.transfer) if stream else 0), loss=0.0, rate=0.0)
             loss_sum, correct, real, seen, start = 0.0, 0, 0, 0, time.perf_counter()
             batches = epoch_batches(memory, stream, cfg.batch_size, generator)
@@ -366,33 +455,19 @@ def run(cfg: ScratchConfig) -> dict[str, Any]:
         "data": {**data.summary(train), "synthetic": len(synthetic), "vocab": len(vocab),
                  "synthetic_examples": synthetic[:5]},
     }
-    if isinstance(cfg, DistillConfig):
-        teacher_best = read_json(cfg.teacher / METRICS_FILE).get("best", {})
-        teacher_mcc = teacher_best.get("dev_mcc")
-        metrics["teacher"] = {"run": str(cfg.teacher), "best": teacher_best, "logits_cache": cache,
-                              "mcc_kept": best["dev_mcc"] / teacher_mcc if teacher_mcc else None,
-                              "word_layer": cfg.word_layer_used}
+    metrics.update(source.report(best))
     metrics["verdict"] = against_majority(best, data.dev_targets()[0], data.labels, "the student",
                                           steps_per_epoch * cfg.epochs, cfg.lr)
     metrics["processes"] = ctx.world
     if not ctx.master:  # rank 0 alone writes the run folder
         return metrics
-    mode = "distill" if distill else "scratch"
-    with staged_dir(cfg.out, cfg.overwrite or (own_cache and only_transfer_cache(cfg.out))) as tmp:
-        if own_cache and (cfg.out / TRANSFER_CACHE_DIR).is_dir():  # the transfer cache moves into the new run folder
-            os.replace(cfg.out / TRANSFER_CACHE_DIR, tmp / TRANSFER_CACHE_DIR)
+    with staged_dir(cfg.out, source.replace_out()) as tmp:
+        source.save(tmp, len(train))
         save_student(model.cpu(), vocab, cfg.max_length, tmp)
-        if scores:
-            layer = cfg.word_layer_used if isinstance(cfg, DistillConfig) else None
-            write_cache(tmp / CACHE_FILE, scores, cache["key"], Path(config["teacher"]), len(train), layer)
         write_json(tmp / METRICS_FILE, metrics)
         write_config(tmp / CONFIG_FILE, cfg)  # what --config reads back: the run again
         s = model.cfg
         arch = f"{'Bi' if s.bidirectional else ''}{s.cell.upper()} {s.layers}x{s.hidden}"
-        how = (f"distilled (T={temperature:g}, alpha={alpha:g}{f', beta={beta:g}' if beta else ''}"
-               f"{f', gamma={gamma:g}' if gamma else ''}, "
-               f"+{len(synthetic):,} synthetic)") if distill else "scratch"
-        title = f"{arch} student, {how}, on {data.source}"
-        plot_curves(history, tmp / "curves.png", title)
-        write_run_info(tmp, "student", mode=mode, labels=data.labels)
+        plot_curves(history, tmp / "curves.png", f"{arch} student, {source.describe()}, on {data.source}")
+        write_run_info(tmp, "student", mode=source.mode, labels=data.labels)
     return metrics
