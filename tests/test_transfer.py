@@ -229,3 +229,45 @@ def test_two_processes_label_and_train_like_one(tmp_path: Path, teacher_run: Pat
         assert_close(runs[2] / name, runs[1] / name)
     assert_close(runs[2] / "teacher_logits.safetensors", runs[1] / "teacher_logits.safetensors", rel=1e-3)
     assert_close(runs[2] / "student.safetensors", runs[1] / "student.safetensors", rel=1e-4)
+
+
+def test_a_teacher_labels_file_fills_the_cache_without_the_teacher(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  teacher_run: Path, tmp_path: Path) -> None:
+    """``distill --transfer labels.parquet`` from ``kdfast label`` (the pass that can run on a Ray cluster): the
+    parts hold the file's texts, logits and features under the keys the teacher's own pass would give them, and the
+    teacher does not run again; its part boundaries need not be the file's record batches."""
+    import shutil
+
+    from helpers import run_cli
+
+    path = write(tmp_path / "t.txt", TEXTS)
+    labels = tmp_path / "labels.parquet"
+    code, _, err = run_cli(["label", str(teacher_run), "--file", str(path), "--out", str(labels),
+                            "--rows-per-batch", "5", "--threads", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    own = label(teacher_run, path, tmp_path / "own")  # the teacher labels the text itself: the reference
+    calls: list[int] = []
+    monkeypatch.setattr("kdfast.train.transfer.teacher_pass", lambda *a, **k: calls.append(1))
+    given = label(teacher_run, labels, tmp_path / "given")
+    assert calls == [] and given.labelled == 0 and given.sizes == own.sizes == [4, 4, 4]
+    for i in range(3):
+        a, b = read_part(part_file(tmp_path / "own", i)), read_part(part_file(tmp_path / "given", i))
+        assert a["texts"] == b["texts"] == TEXTS[4 * i : 4 * i + 4]
+        torch.testing.assert_close(b["logits"], a["logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b["features"], a["features"], atol=2e-3, rtol=2e-3)  # fp16
+        with safe_open(str(part_file(tmp_path / "own", i)), framework="pt") as f, \
+                safe_open(str(part_file(tmp_path / "given", i)), framework="pt") as g:
+            assert f.metadata()["key"] == g.metadata()["key"]  # so either cache serves the other's run
+
+    other = tmp_path / "other-teacher"  # labelled by another run: refused, not silently used
+    shutil.copytree(teacher_run, other)
+    (other / "run.json").write_text((other / "run.json").read_text().replace("}", ', "x": 1}', 1))
+    with pytest.raises(KdfastError, match="labelled by another teacher"):
+        label(other, labels, tmp_path / "x")
+    bare = tmp_path / "bare.parquet"
+    code, _, err = run_cli(["label", str(teacher_run), "--file", str(path), "--out", str(bare), "--no-features",
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    with pytest.raises(KdfastError, match="without features"):
+        label(teacher_run, bare, tmp_path / "y")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,9 +199,9 @@ class TeacherLabels:
     meta: dict[str, str]  # the kdfast.* metadata, without the prefix
 
 
-def read_teacher_labels(path: str | Path, teacher: str | Path | None = None) -> TeacherLabels:
-    """A teacher-labels file, read back; with ``teacher``, an error unless it was written by that very run."""
-    import numpy as np
+def open_teacher_labels(path: str | Path, teacher: str | Path | None = None) -> tuple[Any, dict[str, str]]:
+    """A teacher-labels file opened (a ``pyarrow.parquet.ParquetFile``) and its ``kdfast.`` metadata; with
+    ``teacher``, an error unless it was written by that very run."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -220,11 +220,60 @@ def read_teacher_labels(path: str | Path, teacher: str | Path | None = None) -> 
 
         if teacher_fingerprint(Path(teacher)) != meta["teacher_fingerprint"]:
             raise KdfastError(f"{path}: labelled by another teacher ({meta['teacher']}), not {teacher}")
+    return pf, meta
+
+
+def is_teacher_labels(path: str | Path) -> bool:
+    """``path`` is a teacher-labels file (by its suffix and metadata; nothing else is read)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".pq") or not path.is_file():
+        return False
+    import pyarrow.parquet as pq  # kdfast[batch]: only a Parquet file needs it
+
+    try:
+        raw = pq.ParquetFile(path).metadata.metadata or {}  # the footer alone
+    except Exception:
+        return False
+    return raw.get((META + "format").encode()) == FORMAT.encode()
+
+
+def matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of fixed-size lists of k floats as an (N, k) float32 array."""
+    import numpy as np
+    import pyarrow as pa
+
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return col.flatten().to_numpy().reshape(len(col), col.type.list_size).astype(np.float32, copy=False)
+
+
+def read_teacher_labels(path: str | Path, teacher: str | Path | None = None) -> TeacherLabels:
+    """A teacher-labels file, read back whole; with ``teacher``, an error unless it was written by that very run."""
+    pf, meta = open_teacher_labels(path, teacher)
     table = pf.read()
+    return TeacherLabels(table.column("text").to_pylist(), matrix(table.column("logits")),
+                         matrix(table.column("features")) if "features" in table.column_names else None, meta)
 
-    def matrix(name: str) -> np.ndarray:
-        col = table.column(name).combine_chunks()
-        return col.flatten().to_numpy().reshape(len(col), col.type.list_size).astype(np.float32, copy=False)
 
-    return TeacherLabels(table.column("text").to_pylist(), matrix("logits"),
-                         matrix("features") if "features" in table.column_names else None, meta)
+def teacher_label_parts(path: str | Path, teacher: str | Path, lines: int) -> Iterator[tuple[list[str], np.ndarray,
+                                                                                              np.ndarray]]:
+    """A teacher-labels file written by ``teacher``, streamed ``lines`` rows at a time (the last part shorter):
+    (texts, logits (n, C), features (n, d)). ``distill --transfer`` takes these instead of running the teacher."""
+    import numpy as np
+
+    pf, _ = open_teacher_labels(path, teacher)
+    if "features" not in pf.schema_arrow.names:
+        raise KdfastError(f"--transfer {path}: a teacher-labels file without features (kdfast label --no-features); "
+                          "distill needs them: label it again without --no-features")
+    texts: list[str] = []
+    logits: list[np.ndarray] = []
+    features: list[np.ndarray] = []
+    for batch in pf.iter_batches(batch_size=lines, columns=["text", "logits", "features"]):
+        texts += batch.column(0).to_pylist()
+        logits.append(matrix(batch.column(1)))
+        features.append(matrix(batch.column(2)))
+        while len(texts) >= lines:  # the file's record batches need not fall on part boundaries
+            all_logits, all_features = np.concatenate(logits), np.concatenate(features)
+            yield texts[:lines], all_logits[:lines], all_features[:lines]
+            texts, logits, features = texts[lines:], [all_logits[lines:]], [all_features[lines:]]
+    if texts:
+        yield texts, np.concatenate(logits), np.concatenate(features)

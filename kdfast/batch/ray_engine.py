@@ -100,6 +100,8 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress: bool = 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = True  # rows out in the order they came in
+    # an actor's own exception (a bad row's KdfastError), not Ray Data's UserCodeException that keeps it as text only
+    ctx.raise_original_map_exception = True
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True, "configure_logging": True}
@@ -124,7 +126,10 @@ def user_error(e: BaseException) -> KdfastError | None:
         seen.add(id(x))
         if isinstance(x, KdfastError):
             cause = getattr(x, "cause", None)  # RayTaskError(KdfastError): the original, without the traceback
-            return cause if isinstance(cause, KdfastError) else KdfastError(str(x).strip().splitlines()[-1])
+            if not isinstance(cause, KdfastError):
+                return KdfastError(str(x).strip().splitlines()[-1])
+            lines = str(cause).strip().splitlines()  # Ray Data appends its own lines ("Failed to apply UDF ...")
+            return cause if len(lines) <= 1 else KdfastError(lines[0])
         stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
     return None
 

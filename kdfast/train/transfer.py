@@ -15,6 +15,10 @@ teacher in batches and written to its own file in the cache folder (``transfer_c
 - metadata ``format`` (``kdfast-transfer-v1``), ``key`` (``teacher_cache.cache_key`` of the teacher run and of the
   part's texts as the teacher read them), ``index`` and ``lines``.
 
+A teacher-labels file (``kdfast label TEACHER --file FILE --out labels.parquet``, :mod:`kdfast.batch.label`: the
+expensive pass done apart, on as many Ray workers as there are) is a transfer file whose parts are written from its
+logits and features, once its teacher is checked to be this run: the teacher is not run again.
+
 A part is written to a temporary name and renamed, so a killed run leaves whole parts only; a run with the same
 teacher and file (or any file with the same texts in the same parts) keeps every part whose key matches and labels
 the others: it resumes. Any program that writes parts in this format (the teacher need not be kdfast's) fills the
@@ -165,10 +169,10 @@ def label_transfer(teacher: Path, path: Path, text_column: str | None, folder: P
     fingerprint = teacher_fingerprint(teacher)
     max_length = read_json(Path(teacher) / METRICS_FILE)["config"].get("max_length", 64)
     model = None
-    parts, sizes, labelled, kept = [], [], 0, 0
+    parts, sizes, labelled, kept, given = [], [], 0, 0, 0
     task = bar.add_task("transfer set: teacher labels", total=None, loss=0.0, rate=0.0)
     start = time.perf_counter()
-    for index, texts in enumerate(read_parts(path, text_column, lines)):
+    for index, (texts, scores) in enumerate(transfer_parts(path, teacher, text_column, lines)):
         target = part_file(folder, index)
         parts.append(target)
         sizes.append(len(texts))
@@ -177,6 +181,9 @@ def label_transfer(teacher: Path, path: Path, text_column: str | None, folder: P
         key = cache_key(fingerprint, teacher_texts(texts, tokenizer))
         if part_key(target) == key:
             kept += len(texts)
+        elif scores is not None:  # labelled by kdfast label: its logits and features, as the teacher gave them
+            write_part(target, texts, scores, key, index)
+            given += len(texts)
         else:
             if model is None:
                 model, tokenizer = load_teacher(teacher)
@@ -184,11 +191,25 @@ def label_transfer(teacher: Path, path: Path, text_column: str | None, folder: P
             scores = teacher_pass(model, tokenizer, texts, max_length, ctx.device, batch_size)
             write_part(target, texts, scores, key, index)
             labelled += len(texts)
-        bar.update(task, completed=kept + labelled, rate=labelled / (time.perf_counter() - start))
+        bar.update(task, completed=kept + given + labelled, rate=labelled / (time.perf_counter() - start))
     barrier()  # every rank's parts are written before any rank reads them
-    if ctx.master and kept:
-        bar.console.print(f"transfer set: {kept:,} lines from the cache in {folder}, {labelled:,} labelled now")
+    if ctx.master and (kept or given):
+        bar.console.print(f"transfer set: {kept:,} lines from the cache in {folder}, {given:,} from the "
+                          f"teacher-labels file, {labelled:,} labelled now")
     return TransferSet(parts, sizes, int(ctx.all_sum(labelled)[0]))
+
+
+def transfer_parts(path: Path, teacher: Path, text_column: str | None, lines: int
+                   ) -> Iterator[tuple[list[str], dict[str, torch.Tensor] | None]]:
+    """The transfer file's parts: their texts and, for a teacher-labels file of this teacher (``kdfast label``,
+    on this machine or a Ray cluster), their logits and features; None where the teacher must label them."""
+    from kdfast.batch.label import is_teacher_labels, teacher_label_parts
+
+    if not is_teacher_labels(path):
+        yield from ((texts, None) for texts in read_parts(path, text_column, lines))
+        return
+    for texts, logits, features in teacher_label_parts(path, teacher, lines):
+        yield texts, {"logits": torch.from_numpy(logits), "features": torch.from_numpy(features)}
 
 
 def proportional(first: int, second: int) -> Iterator[bool]:
