@@ -123,7 +123,7 @@ def run_config(name: str, student: Path, corpus: Path, rows: int, out_dir: Path,
                else sum(pq.ParquetFile(f).metadata.num_rows for f in out.glob("*.parquet")))
     assert written == rows, (name, written, rows)
     report = re.search(r"([\d.]+) sentences/s", stderr)
-    started = re.search(r"Ray started in ([\d.]+) s", stderr)
+    started = re.search(r"Ray started\s+in ([\d.]+) s", stderr)  # the line may be wrapped
     shutil.rmtree(out) if out.is_dir() else out.unlink()
     return {"config": name, "rows": rows, "seconds_end_to_end": round(seconds, 2),
             "sentences_per_s_end_to_end": round(rows / seconds, 1),

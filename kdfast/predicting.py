@@ -167,7 +167,7 @@ def predict_table(cfg: PredictConfig, err: Console) -> None:
         if cfg.progress:
             err.print(f"{result.rows} rows in {seconds:.3f} s on Ray ({cfg.workers} worker(s)): "
                       f"{result.rows / seconds:.1f} sentences/s, Ray started in {result.start_s:.2f} s",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
             err.print(f"wrote {cfg.out}" + (f" ({result.files} Parquet files)" if result.files > 1 else ""),
                       highlight=False)
         return
