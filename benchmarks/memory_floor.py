@@ -23,41 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from kdfast.bench.harness import append_csv, git_commit, machine, now, time_calls
+from kdfast.bench.harness import append_csv, git_commit, machine, now
+from kdfast.bench.memory_floor import read_bandwidth, streamed_bytes
 from kdfast.train.teacher import load_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory_floor.csv"
 FIELDS = ["date", "machine", "processor", "torch", "commit", "threads", "model", "variant", "bytes_mb",
           "bandwidth_gb_s", "floor_ms", "p50_ms", "achieved_gb_s", "of_bandwidth"]
-GIB = 1 << 30
 VARIANTS = ("teacher-merged", "teacher-onnx-fp32", "teacher-onnx-opt", "teacher-onnx-int8")  # merged weights
-
-
-def read_bandwidth(threads: int, repeats: int) -> dict[str, float]:
-    """GB/s of summing a 1 GiB fp32 tensor and of a matrix-vector product over a 1 GiB fp32 matrix (medians)."""
-    torch.set_num_threads(threads)
-    x = torch.ones(GIB // 4)
-    w = x.view(16384, 16384)
-    v = torch.ones(16384)
-    out = {}
-    for name, fn in (("sum", lambda: x.sum()), ("gemv", lambda: v @ w)):
-        out[name] = GIB / statistics.median(time_calls(fn, warmup=1, iters=repeats)) / 1e9
-    return out
-
-
-def streamed_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes a forward pass reads: fp32 everywhere, and with the 2-D weight matrices at 1 byte (int8)."""
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    params = [p for p in model.parameters() if id(p) not in embedding]
-    total = sum(p.numel() for p in params)
-    matrices = sum(p.numel() for p in params if p.dim() == 2)
-    return {"fp32": 4 * total, "int8": matrices + 4 * (total - matrices)}
 
 
 def main() -> None:
