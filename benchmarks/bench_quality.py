@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kdfast.bench.harness import write_json, write_text
+from kdfast.bench.harness import git_commit, write_json, write_text
 from kdfast.testing import minilm_dir
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
@@ -252,7 +252,7 @@ def main() -> None:
             result = run_hf_loop(args.method, model, args.data, seed, args.epochs, args.lr, args.rank, args.alpha,
                                  args.dropout, args.batch_size, args.max_length)
         result.update(label=label, method=args.method, seed=seed, model=args.model, data=args.data,
-                      threads=torch.get_num_threads(), load_average=os.getloadavg())
+                      threads=torch.get_num_threads(), load_average=os.getloadavg(), commit=git_commit())
         write_json(path, result)
         best = max(h["dev_mcc"] for h in result["history"])
         print(f"{label} seed {seed}: best dev MCC {best:.4f}, last {result['history'][-1]['dev_mcc']:.4f}, "

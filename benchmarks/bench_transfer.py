@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdfast.bench.harness import write_json, write_text
+from kdfast.bench.harness import git_commit, machine, write_json, write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     common = ["--teacher", str(args.teacher), "--file", str(args.file), "--threads", str(args.threads)]
     result: dict[str, Any] = {"file": str(args.file), "teacher": str(args.teacher), "threads": args.threads,
+                              "commit": git_commit(), "machine": machine(),
                               "read": in_child([*common, "--child", "read"])}
     result["label"] = [in_child([*common, "--child", "label", str(n)]) for n in args.lines]
     write_json(args.out / "transfer.json", result)

@@ -1,9 +1,6 @@
 """The fused LoRA matmul against merged and unfused torch, on GPT-2's projections (needs a CUDA GPU).
 
-    python benchmarks/bench_lora_matmul.py                          # HBM bandwidth looked up from the GPU's name
-    python benchmarks/bench_lora_matmul.py --bandwidth-tbps 2.0     # a card the lookup does not know
-    python benchmarks/bench_lora_matmul.py --m 1 64 --dtype bf16 --layout linear --csv /tmp/lora.csv
-    TRITON_INTERPRET=1 python benchmarks/bench_lora_matmul.py --device cpu --m 1 --shapes attn.c_proj   # dry run
+The logic of benchmarks/bench_lora_matmul.py, whose docstring shows the commands.
 
 Providers, each computing y = x·W + bias + s·(x·A)·B for x [M, K]:
     merged   x·W′ + bias with W′ = W + s·B·A folded in beforehand: one cuBLAS GEMM, the floor to come close to
@@ -26,8 +23,8 @@ benchmarks/results/lora_matmul.csv.
 (TRITON_INTERPRET=1), timed by the CPU's clock; the calls to do_bench and do_bench_cudagraph are only checked
 against the installed triton's signatures.
 
-The script benchmarks/bench_lora_matmul.py runs :func:`main`; the logic lives in the package so that the tests
-(tests/test_bench_lora_matmul.py) import it from here, never from benchmarks/.
+The script runs :func:`main`; the logic lives in the package so that the tests (tests/test_bench_lora_matmul.py)
+import it from here, never from benchmarks/.
 """
 
 import argparse
