@@ -39,7 +39,7 @@ TRAINING = ("teacher", "student", "rnn")  # under torchrun these run on every ra
 PRESETS = ("quick", "full")
 SUMMARY_FILE = "summary.md"
 
-# The quick preset: a first run on two CPU cores that shows the whole job working, about seven minutes with
+# The quick preset: a first run on two CPU cores that shows the whole job working, about six minutes with
 # MiniLM-L6 (--model minilm) on CoLA. Every value the result depends on is given here, not taken from the stages'
 # defaults, so that a change of those defaults does not silently change what the quick run measures.
 # The teacher: all of CoLA (at most 10,000 sentences), 4 epochs at lr 5e-4 with r=16 (about 1,070 steps, 50 s an
@@ -74,7 +74,7 @@ class PipelineConfig:
     text_column: str | None = option(None, TEXT_COLUMN)
     label_column: str | None = option(None, LABEL_COLUMN)
     out: Path = option(Path("runs"), "Folder for every stage's run folder, the bench results and summary.md.")
-    preset: str = option("quick", "quick: a first run that shows the whole job working, about seven minutes on two "
+    preset: str = option("quick", "quick: a first run that shows the whole job working, about six minutes on two "
                          "free CPU cores with --model minilm on CoLA (teacher: LoRA r=16, lr 5e-4, 4 epochs on all of "
                          "CoLA, exported without int8; students: 4 epochs on 4,000 sentences, distilled with the "
                          "words recipe); full: docs/results.md's recipe (10 teacher epochs, 8 student epochs, int8 "
