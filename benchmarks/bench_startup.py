@@ -11,23 +11,20 @@ no torch) end to end in at most 1/2 of it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from kdfast.bench.harness import git_commit, machine, time_calls, write_json
 
 
 def wall(cmd: list[str], repeats: int) -> float:
     """Median seconds of ``cmd`` in a fresh process, after one untimed run."""
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    def run() -> None:
         subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+
+    return statistics.median(time_calls(run, warmup=1, iters=repeats))
 
 
 def main() -> None:
@@ -57,10 +54,8 @@ def main() -> None:
         results.append({"command": name, "median_s": round(seconds, 4), "ratio_to_import": round(ratio, 4),
                         "goal": goal, "met": None if goal is None else ratio <= goal})
     if args.json:
-        from kdfast.bench.measure import git_commit, machine
-
-        args.json.write_text(json.dumps({"machine": machine(), "commit": git_commit(), "repeats": args.repeats,
-                                         "results": results}, indent=2) + "\n")
+        write_json(args.json, {"machine": machine(), "commit": git_commit(), "repeats": args.repeats,
+                               "results": results})
         print(f"wrote {args.json}")
 
 

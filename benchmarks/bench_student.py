@@ -18,37 +18,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch._dynamo
 
 from kdfast.batching import pad_batch
-from kdfast.bench.measure import git_commit, machine
-from kdfast.bench.report import append_csv
+from kdfast.bench.harness import append_csv, git_commit, machine, now, synchronizer, time_calls
 from kdfast.data import load_dataset
 from kdfast.train.student import DistilRNN, StudentConfig, WordVocab, compile_student, load_student, pad_for_compile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "student.csv"
 FIELDS = ["date", "machine", "processor", "device", "torch", "commit", "threads", "model", "batch", "variant",
           "median_ms", "sentences_per_s", "vs_nn", "compile_s"]
-
-
-def time_batches(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, repeats: int) -> list[float]:
-    """Per-batch latencies in seconds, ``repeats`` passes over ``batches``."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            for ids, mask in batches:
-                sync()
-                start = time.perf_counter()
-                fn(ids, mask)
-                sync()
-                times.append(time.perf_counter() - start)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    sync = synchronizer(device)
 
     cola = load_dataset(args.data)
     if args.run:
@@ -96,16 +79,17 @@ def main(argv: list[str] | None = None) -> None:
             fn = compile_student(model, args.mode) if variant == "compiled" else model
             batches = bucketed if variant == "compiled" else plain
             torch._dynamo.reset()
-            start = time.perf_counter()
-            time_batches(fn, batches, device, 1)  # warm-up; compiles every bucket for the compiled model
-            warm = time.perf_counter() - start
-            results[variant] = (time_batches(fn, batches, device, args.repeats), warm)
+            with torch.no_grad():
+                start = time.perf_counter()
+                time_calls(fn, batches, iters=len(batches), sync=sync)  # warm-up; compiles every bucket
+                warm = time.perf_counter() - start
+                results[variant] = (time_calls(fn, batches, iters=args.repeats * len(batches), sync=sync), warm)
         base = statistics.median(results["nn"][0])
         rows = []
         for variant, (times, warm) in results.items():
             median = statistics.median(times)
             compile_s = warm - sum(times) / args.repeats if variant == "compiled" else 0.0
-            rows.append({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": host, "processor": cpu,
+            rows.append({"date": now(), "machine": host, "processor": cpu,
                          "device": args.device, "torch": torch.__version__, "commit": commit,
                          "threads": torch.get_num_threads(), "model": shape, "batch": batch_size, "variant": variant,
                          "median_ms": round(median * 1e3, 4), "sentences_per_s": round(batch_size / median, 1),

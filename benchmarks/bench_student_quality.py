@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from kdfast.bench.harness import git_commit, machine, write_json, write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = "distilled (bare `kdfast distill`)"
 SCRATCH = "scratch (`kdfast train rnn`)"
@@ -112,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
                                  "wins": sum(x > 0 for x in diff)}
         rows[name] = row
     result = {"teacher": {"run": str(args.teacher), "dev_mcc": teacher["dev_mcc"], "dev_acc": teacher["dev_acc"]},
-              "majority_dev_acc": majority, "seeds": args.seeds, "epochs": args.epochs, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "student-quality.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "student-quality.md").write_text(markdown(result))
+              "majority_dev_acc": majority, "seeds": args.seeds, "epochs": args.epochs, "rows": rows,
+              "commit": git_commit(), "machine": machine()}
+    write_json(args.out / "student-quality.json", result)
+    write_text(args.out / "student-quality.md", markdown(result))
     print(markdown(result))
 
 

@@ -21,16 +21,12 @@ of benchmarks/gpu_check.sh, whose numbers are the interpreter's.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from kdfast.bench.measure import git_commit, machine
-from kdfast.bench.report import append_csv
+from kdfast.bench.harness import append_csv, git_commit, machine, now, synchronizer, time_calls, version
 from kdfast.train.lora import inject_lora, lora_layers, merge_lora, set_fused, unmerge_lora
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_e2e.csv"
@@ -57,21 +53,6 @@ def build_teacher(tiny: bool, rank: int, alpha: float, device: torch.device, dty
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median ms of fn over ``repeats`` calls after ``warmup`` calls, the device synchronised around each."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -93,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     if not fused_lora_supported(torch.zeros(1, device=device)):
         raise SystemExit("bench_teacher_e2e: the fused kernel cannot run here (triton missing, or on the CPU "
                          "TRITON_INTERPRET=1 was not set before triton was imported)")  # fmt: skip
+    sync = synchronizer(device)
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     model = build_teacher(args.tiny, args.rank, args.alpha, device, dtype)
     c = model.config
     shape = f"gpt2 {c.n_layer}x{c.n_embd}, LoRA r={args.rank} on {len(lora_layers(model))} projections"
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({machine()['cpu']})"
-    version = importlib.metadata.version
     common = {"device": name, "commit": git_commit(), "torch": torch.__version__, "triton": version("triton"),
               "transformers": version("transformers"), "dtype": str(dtype).removeprefix("torch."), "model": shape,
               "seq_len": args.seq_len}  # fmt: skip
@@ -123,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             logits = forward().float()
             reference = logits if reference is None else reference
             diff = (logits - reference).abs().max().item()
-            results[variant] = (median_ms(forward, device, args.warmup, args.repeats), diff)
+            times = time_calls(forward, warmup=args.warmup, iters=args.repeats, sync=sync)
+            results[variant] = (statistics.median(times) * 1e3, diff)
         unmerge_lora(model)
         tol = TOLERANCE[dtype] * max(1.0, reference.abs().max().item())
         rows = []
@@ -132,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             if not ok:
                 failed.append(f"{variant} at batch {batch}: logits off by {diff:.3g} > {tol:.3g}")
             speedup = results["unmerged"][0] / ms
-            rows.append({**common, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "batch": batch, "variant": variant,
+            rows.append({**common, "date": now(), "batch": batch, "variant": variant,
                          "median_ms": round(ms, 4), "sequences_per_s": round(batch / ms * 1e3, 1),
                          "vs_unmerged": round(speedup, 3), "max_abs_diff": f"{diff:.3g}", "ok": ok})  # fmt: skip
             print(f"batch {batch:>3}  {variant:<9} median {ms:9.3f} ms  {batch / ms * 1e3:9.1f} sequences/s  "

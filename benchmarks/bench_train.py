@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,33 +22,27 @@ import torch
 from torch import nn
 
 from kdfast.batching import pad_batch
-from kdfast.bench.measure import git_commit
+from kdfast.bench.harness import append_csv, git_commit, now
 from kdfast.data import load_dataset
+from kdfast.testing import gpt2_tokenizer, random_gpt2_classifier
 from kdfast.train.lora import inject_lora, mark_trainable, target_module_names
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train.csv"
+FIELDS = ["date", "commit", "machine", "torch", "model", "batch_size", "rank", "threads", "ours_sent_per_s",
+          "peft_sent_per_s", "ratio"]
 
 
 def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module, object]:
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        GPT2Config,
-        GPT2ForSequenceClassification,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if args.model:
         base = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     else:
-        sys.path.insert(0, str(REPO / "tests"))
-        from helpers import gpt2_tokenizer
-
         tokenizer = gpt2_tokenizer()
-        torch.manual_seed(0)
-        base = GPT2ForSequenceClassification(GPT2Config(num_labels=2, pad_token_id=tokenizer.eos_token_id))
+        base = random_gpt2_classifier(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base.config.pad_token_id = tokenizer.pad_token_id
@@ -126,16 +118,11 @@ def main() -> None:
     print(f"peft {peft_rate:8.1f} sentences/s   (rounds: {', '.join(f'{x:.1f}' for x in rates['peft'])})")
     print(f"ours / peft = {ratio:.3f}  ({'no slower' if ratio >= 0.97 else 'SLOWER'}; within 3% counts as even)")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "commit", "machine", "torch", "model", "batch_size", "rank", "threads",
-                        "ours_sent_per_s", "peft_sent_per_s", "ratio"])
-        w.writerow([time.strftime("%Y-%m-%d"), git_commit(), f"{platform.machine()} {platform.processor()}".strip(),
-                    torch.__version__, model_name, args.batch_size, args.rank, args.threads, f"{ours_rate:.2f}",
-                    f"{peft_rate:.2f}", f"{ratio:.3f}"])
+    row = {"date": now("%Y-%m-%d"), "commit": git_commit(),
+           "machine": f"{platform.machine()} {platform.processor()}".strip(), "torch": torch.__version__,
+           "model": model_name, "batch_size": args.batch_size, "rank": args.rank, "threads": args.threads,
+           "ours_sent_per_s": f"{ours_rate:.2f}", "peft_sent_per_s": f"{peft_rate:.2f}", "ratio": f"{ratio:.3f}"}
+    append_csv(RESULTS, [row], FIELDS)
 
 
 if __name__ == "__main__":

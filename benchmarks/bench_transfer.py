@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdfast.bench.harness import git_commit, machine, write_json, write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -99,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     common = ["--teacher", str(args.teacher), "--file", str(args.file), "--threads", str(args.threads)]
     result: dict[str, Any] = {"file": str(args.file), "teacher": str(args.teacher), "threads": args.threads,
+                              "commit": git_commit(), "machine": machine(),
                               "read": in_child([*common, "--child", "read"])}
     result["label"] = [in_child([*common, "--child", "label", str(n)]) for n in args.lines]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out / "transfer.json", result)
     r = result["read"]
     lines = [f"`{args.file}` ({r['lines']:,} lines), teacher `{args.teacher}`, {args.threads} thread(s).", "",
              f"- read and encoded for the student, whole file: {r['seconds']:.1f} s, peak memory {r['peak_mb']:.0f} MB",
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {x['lines']:,} | {x['parts']} | {x['lines_per_s']:.0f} | {x['peak_mb']:.0f} MB | "
               f"{x['cache_mb']:.1f} MB | {x['resumed_labelled']:,}, {x['resumed_seconds']:.1f} s |"
               for x in result["label"]]
-    (args.out / "transfer.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "transfer.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -22,50 +22,19 @@ Appends its rows to benchmarks/results/memory_floor.csv with the machine and git
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from kdfast.bench.measure import git_commit, machine
+from kdfast.bench.harness import append_csv, git_commit, machine, now
+from kdfast.bench.memory_floor import read_bandwidth, streamed_bytes
 from kdfast.train.teacher import load_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory_floor.csv"
 FIELDS = ["date", "machine", "processor", "torch", "commit", "threads", "model", "variant", "bytes_mb",
           "bandwidth_gb_s", "floor_ms", "p50_ms", "achieved_gb_s", "of_bandwidth"]
-GIB = 1 << 30
 VARIANTS = ("teacher-merged", "teacher-onnx-fp32", "teacher-onnx-opt", "teacher-onnx-int8")  # merged weights
-
-
-def read_bandwidth(threads: int, repeats: int) -> dict[str, float]:
-    """GB/s of summing a 1 GiB fp32 tensor and of a matrix-vector product over a 1 GiB fp32 matrix (medians)."""
-    torch.set_num_threads(threads)
-    x = torch.ones(GIB // 4)
-    w = x.view(16384, 16384)
-    v = torch.ones(16384)
-    out = {}
-    for name, fn in (("sum", lambda: x.sum()), ("gemv", lambda: v @ w)):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        out[name] = GIB / statistics.median(times) / 1e9
-    return out
-
-
-def streamed_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes a forward pass reads: fp32 everywhere, and with the 2-D weight matrices at 1 byte (int8)."""
-    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    params = [p for p in model.parameters() if id(p) not in embedding]
-    total = sum(p.numel() for p in params)
-    matrices = sum(p.numel() for p in params if p.dim() == 2)
-    return {"fp32": 4 * total, "int8": matrices + 4 * (total - matrices)}
 
 
 def main() -> None:
@@ -86,25 +55,20 @@ def main() -> None:
             if r["model"] == args.run.name and r["batch_size"] == 1 and r["variant"] in VARIANTS]
     if not rows:
         raise SystemExit(f"error: {args.bench} has no batch-1 teacher rows for {args.run.name}")
-    meta = machine()
-    with_header = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if with_header:
-            writer.writeheader()
-        for r in rows:
-            nbytes = sizes["int8" if r["variant"].endswith("int8") else "fp32"]
-            floor_ms = nbytes / bandwidth / 1e6
-            achieved = nbytes / (r["p50_ms"] / 1e3) / 1e9
-            row = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": meta["host"],
-                   "processor": meta["cpu"], "torch": torch.__version__, "commit": git_commit(),
-                   "threads": args.threads, "model": args.run.name, "variant": r["variant"],
-                   "bytes_mb": round(nbytes / 1e6, 1), "bandwidth_gb_s": round(bandwidth, 2),
-                   "floor_ms": round(floor_ms, 3), "p50_ms": r["p50_ms"], "achieved_gb_s": round(achieved, 2),
-                   "of_bandwidth": round(achieved / bandwidth, 3)}
-            writer.writerow(row)
-            print(f"{r['variant']:20s} {nbytes / 1e6:7.1f} MB  floor {floor_ms:7.3f} ms  p50 {r['p50_ms']:8.3f} ms  "
-                  f"{achieved:6.1f} GB/s = {achieved / bandwidth:5.1%} of the bandwidth")
+    meta, commit = machine(), git_commit()
+    out = []
+    for r in rows:
+        nbytes = sizes["int8" if r["variant"].endswith("int8") else "fp32"]
+        floor_ms = nbytes / bandwidth / 1e6
+        achieved = nbytes / (r["p50_ms"] / 1e3) / 1e9
+        out.append({"date": now(), "machine": meta["host"], "processor": meta["cpu"], "torch": torch.__version__,
+                    "commit": commit, "threads": args.threads, "model": args.run.name, "variant": r["variant"],
+                    "bytes_mb": round(nbytes / 1e6, 1), "bandwidth_gb_s": round(bandwidth, 2),
+                    "floor_ms": round(floor_ms, 3), "p50_ms": r["p50_ms"], "achieved_gb_s": round(achieved, 2),
+                    "of_bandwidth": round(achieved / bandwidth, 3)})
+        print(f"{r['variant']:20s} {nbytes / 1e6:7.1f} MB  floor {floor_ms:7.3f} ms  p50 {r['p50_ms']:8.3f} ms  "
+              f"{achieved:6.1f} GB/s = {achieved / bandwidth:5.1%} of the bandwidth")
+    append_csv(RESULTS, out, FIELDS)
 
 
 if __name__ == "__main__":

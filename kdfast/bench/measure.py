@@ -79,10 +79,7 @@ fp32 ONNX with dev MCC lower by at most 0.02.
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,8 +90,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from kdfast import __version__
 from kdfast.batching import in_order, length_sorted_batches, pad_batch
+from kdfast.bench.harness import load_avg, stamp, synchronizer, time_calls
 from kdfast.bench.report import write_outputs
 from kdfast.bench.variants import (
     STUDENT_VARIANTS,
@@ -126,32 +123,6 @@ TARGET_INT8_VS_FP32 = 1.5
 MAX_INT8_MCC_DROP = 0.02
 
 
-def sync_fn(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def time_calls(forward: Callable[..., Any], batches: list[tuple[Any, ...]], warmup: int, iters: int,
-               min_time: float, sync: Callable[[], None], warm_every_batch: bool = False) -> list[float]:
-    """Seconds per call, cycling through ``batches``: at least ``iters`` calls and ``min_time`` seconds, after
-    ``warmup`` untimed calls (and one untimed call per batch when ``warm_every_batch``)."""
-    with torch.no_grad():
-        for i in range(warmup + (len(batches) if warm_every_batch else 0)):
-            forward(*batches[i % len(batches)])
-        sync()
-        times: list[float] = []
-        start = time.perf_counter()
-        i = 0
-        while len(times) < iters or time.perf_counter() - start < min_time:
-            batch = batches[i % len(batches)]
-            sync()
-            t0 = time.perf_counter()
-            forward(*batch)
-            sync()
-            times.append(time.perf_counter() - t0)
-            i += 1
-    return times
-
-
 def latency_stats(times: list[float], batch_size: int) -> dict[str, float]:
     ms = np.asarray(times) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
@@ -178,64 +149,17 @@ def dev_logits(loaded: Loaded, ids: list[list[int]], pad_id: int) -> np.ndarray:
 # --- meta
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str:
-    """The commit kdfast runs from, ``-dirty`` when tracked files differ from it; ``unknown`` outside a checkout.
-    KDFAST_COMMIT overrides it: benchmarks/gpu_check.sh sets it from a file written before the tree was copied to a
-    machine without git."""
-    if os.environ.get("KDFAST_COMMIT"):
-        return os.environ["KDFAST_COMMIT"]
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform()}
-
-
-def load_avg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def meta(cfg: BenchConfig, device: torch.device, threads: int, data_source: str, n_dev: int,
          n_timed: int) -> dict[str, Any]:
-    versions = {"python": platform.python_version(), "kdfast": __version__, "torch": torch.__version__,
-                **{d: _version(d) for d in ("transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy")}}
+    env = stamp("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy")
     return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(),
-        "versions": {k: v for k, v in versions.items() if v is not None},
-        "commit": git_commit(),
+        "date": env["date"],
+        "machine": env["machine"],
+        "versions": env["versions"],
+        "commit": env["commit"],
         "threads": threads,
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else machine()["cpu"],
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else env["machine"]["cpu"],
         "teacher_eager": TEACHER_EAGER,
         "data": data_source,
         "dev_sentences": n_dev,
@@ -244,7 +168,7 @@ def meta(cfg: BenchConfig, device: torch.device, threads: int, data_source: str,
         "warmup": cfg.warmup,
         "iters": cfg.iters,
         "min_time": cfg.min_time,
-        "load_avg": {"start": load_avg(), "end": None},
+        "load_avg": {"start": env["load_avg"], "end": None},
         "warnings": busy_warning(threads, device),
     }
 
@@ -345,7 +269,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"meta": meta(cfg, device, threads, data.source, len(dev), len(timed)), "results": [],
                               "skipped": [], "ratios": []}
     wanted = set(cfg.variants or VARIANTS)
-    sync = sync_fn(device)
+    sync = synchronizer(device)
 
     # --- measure
     todo = sum(len(set(TEACHER_VARIANTS if kind == "teacher" else STUDENT_VARIANTS) & wanted) for kind, _ in runs)
@@ -409,8 +333,9 @@ def measure_variant(cfg: BenchConfig, variant: str, build: Callable[[], Loaded],
         prepared = [loaded.prepare(ids, mask) for ids, mask in batches]
         load_1m = load_avg()
         t0 = time.perf_counter()
-        times = time_calls(loaded.forward, prepared, cfg.warmup, cfg.iters, cfg.min_time, sync,
-                           loaded.warm_every_batch)
+        with torch.no_grad():
+            times = time_calls(loaded.forward, prepared, cfg.warmup, cfg.iters, cfg.min_time, sync,
+                               loaded.warm_every_batch)
         if loaded.warm_every_batch:  # the first pass over the batches compiled them: count it as setup
             setup_s += time.perf_counter() - t0 - sum(times)
         stats = latency_stats(times, batch_size)

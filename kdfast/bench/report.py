@@ -11,9 +11,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+from kdfast.bench.harness import markdown_table, write_json, write_text
 from kdfast.bench.variants import VARIANTS
 from kdfast.errors import KdfastError
-from kdfast.runs import read_json, write_json
+from kdfast.runs import read_json
 
 # The columns of a row, in the order of the CSV and Markdown files (described in ``kdfast.bench.measure``'s docstring).
 ROW_FIELDS = ["model", "variant", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "acc",
@@ -65,10 +66,7 @@ def ratio_line(r: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [meta_line(report["meta"]), *(f"\n**Warning**: {w}" for w in report["meta"].get("warnings", [])), "",
-             "| " + " | ".join(ROW_FIELDS) + " |",
-             "| " + " | ".join("---" for _ in ROW_FIELDS) + " |"]
-    for row in report["results"]:
-        lines.append("| " + " | ".join(cell(row, k).replace("|", "\\|") for k in ROW_FIELDS) + " |")
+             *markdown_table(ROW_FIELDS, ([cell(row, k) for k in ROW_FIELDS] for row in report["results"]))]
     if report.get("skipped"):
         lines += ["", "Skipped:", ""] + [f"- {s['variant']} ({s['model']}): {s['reason']}" for s in report["skipped"]]
     if report.get("ratios"):
@@ -163,16 +161,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def write_outputs(report: dict[str, Any], json_path: Path | None = None, csv_path: Path | None = None,
                   md_path: Path | None = None, plot_path: Path | None = None) -> None:
-    for path in (json_path, csv_path, md_path, plot_path):
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """The files asked for, each written whole or not at all (the PNG: matplotlib's own write)."""
     if json_path is not None:
         write_json(Path(json_path), report)
     if csv_path is not None:
-        Path(csv_path).write_text(csv_text(report))
+        write_text(Path(csv_path), csv_text(report))
     if md_path is not None:
-        Path(md_path).write_text(markdown(report))
+        write_text(Path(md_path), markdown(report))
     if plot_path is not None:
+        Path(plot_path).parent.mkdir(parents=True, exist_ok=True)
         plot(report, Path(plot_path))
 
 
@@ -231,15 +228,3 @@ def meta_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     if host_a != host_b:
         diffs.append(f"host: {host_a} vs {host_b}")
     return diffs
-
-
-def append_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (columns ``fields``), writing the header when the file is new: the
-    benchmark scripts' results files grow run by run, and a run cut short keeps the rows it wrote."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
