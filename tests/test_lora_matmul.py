@@ -392,6 +392,27 @@ def test_imports_and_runs_without_triton(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.skipif(not lm.is_available(), reason="needs triton")
+def test_triton_is_imported_when_a_kernel_first_runs() -> None:
+    """Importing the CLI, lora_matmul and the LoRA layer imports no triton (Triton's interpreter needs
+    TRITON_INTERPRET=1 set before triton is imported); the kernels' module and triton come in with the first
+    kernel run."""
+    code = (
+        "import sys, torch\n"
+        "import kdfast.cli.main, kdfast.train.lora, kdfast.kernels.lora_matmul as lm\n"
+        "def loaded(): return sorted(m for m in sys.modules if m.split('.')[0] == 'triton' or 'lora_matmul_' in m)\n"
+        "before = loaded()\n"
+        "x, w, a, b = torch.randn(2, 8), torch.randn(4, 8), torch.randn(1, 8), torch.randn(4, 1)\n"
+        "assert lm.fused_lora_supported(x)\n"
+        "torch.testing.assert_close(lm.lora_matmul(x, w, a, b, 2.0), lm.lora_matmul_ref(x, w, a, b, 2.0))\n"
+        "print(before, 'triton' in loaded(), 'kdfast.kernels._lora_matmul_triton' in loaded())\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["[]", "True", "True"], proc.stdout
+
+
+@pytest.mark.skipif(not lm.is_available(), reason="needs triton")
 def test_kernels_compile_for_h100() -> None:
     """What the interpreter cannot check: the kernels lower to sm_90 code (Triton's bundled ptxas, no GPU needed),
     within shared memory and without register spills, for one configuration per group."""

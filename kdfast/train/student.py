@@ -265,9 +265,10 @@ def pad_for_compile(input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, ids: list[list[int]], device: torch.device, pad_id: int = 0,
-                   batch_size: int = 64, bucket: bool = False) -> np.ndarray:
-    """Logits (N, C) in the order of ``ids``, batched by length; ``bucket`` pads lengths for a compiled model."""
+def predict_logits(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64,
+                   bucket: bool = False) -> np.ndarray:
+    """Logits (N, C) in the order of ``ids``, batched by length; ``bucket`` pads lengths for a compiled model.
+    The arguments are in the order of the teacher's ``predict_logits`` (``kdfast.train.teacher``)."""
     model.eval()
     out = np.zeros((len(ids), model.cfg.num_labels), dtype=np.float32)  # a compiled model forwards .cfg
     for idx in length_sorted_batches(ids, batch_size):
@@ -313,4 +314,4 @@ def student_logits(run_dir: Path, sentences: list[str], device: torch.device, co
     model.to(device)
     ids = [vocab.encode(s, max_length) for s in sentences]
     runner = compile_student(model) if compile else model
-    return predict_logits(runner, ids, device, vocab.pad_id, bucket=compile)
+    return predict_logits(runner, ids, vocab.pad_id, device, bucket=compile)

@@ -425,7 +425,7 @@ def train_student(cfg: ScratchConfig, source: FromLabels) -> dict[str, Any]:
             loss_sum, correct, real, seen = ctx.all_sum(loss_sum, correct, real, seen)  # over every rank's slices
             seconds = time.perf_counter() - start
             shard = ctx.shard(len(dev_ids))  # each rank scores its shard of dev; all get every row
-            local = predict_logits(runner, dev_ids[shard.start : shard.stop], device, vocab.pad_id, bucket=cfg.compile)
+            local = predict_logits(runner, dev_ids[shard.start : shard.stop], vocab.pad_id, device, bucket=cfg.compile)
             report = score_dev(ctx.gather_rows(torch.from_numpy(local), len(dev_ids)).numpy(), data)
             history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / max(real, 1),
                             "train_sentences_per_s": seen / seconds, **report})

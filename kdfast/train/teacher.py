@@ -169,7 +169,8 @@ def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device:
 def predict_logits(
     model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device, batch_size: int = 64
 ) -> np.ndarray:
-    """Logits (N, C) in the order of ``ids``, batched by length."""
+    """Logits (N, C) in the order of ``ids``, batched by length. The student's ``predict_logits``
+    (``kdfast.train.student``) takes the same arguments in the same order."""
     return teacher_outputs(model, ids, pad_id, device, batch_size, features=False)["logits"].numpy()
 
 
