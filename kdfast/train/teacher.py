@@ -133,6 +133,17 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
     return layers[-1]
 
 
+def pooled_input(seen: dict[str, torch.Tensor], logits: torch.Tensor, rows: int) -> torch.Tensor:
+    """The classification layer's input (B, d) for a batch of ``rows`` sentences whose ``logits`` it gave, from
+    what a forward hook on it caught (``seen``: its input ``x`` and output ``y``). A head scored at every position
+    (GPT-2's: (B, T, d)) yields the position the model pooled: the one whose scores are the logits."""
+    x, y = seen["x"].float(), seen["y"].float()
+    if x.dim() == 3:
+        pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
+        x = x[torch.arange(rows, device=x.device), pos]
+    return x
+
+
 @torch.no_grad()
 def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device: torch.device,
                     batch_size: int = 64, features: bool = True) -> dict[str, torch.Tensor]:
@@ -153,10 +164,7 @@ def teacher_outputs(model: nn.Module, ids: list[list[int]], pad_id: int, device:
             logits_out[idx] = logits.cpu()
             if not features:
                 continue
-            x, y = seen["x"].float(), seen["y"].float()
-            if x.dim() == 3:  # (B, T, d), scored at every position: keep the one the model pooled
-                pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
-                x = x[torch.arange(len(idx), device=x.device), pos]
+            x = pooled_input(seen, logits, len(idx))
             if features_out is None:
                 features_out = torch.zeros(len(ids), x.shape[-1])
             features_out[idx] = x.cpu()

@@ -158,7 +158,7 @@ def teacher_pass(model: torch.nn.Module, tokenizer: Any, sentences: list[str], m
     """One forward pass of the teacher over ``sentences`` (batched by length): ``logits`` (N, C), ``features``
     (N, d) and, with ``word_layer``, ``word_states`` (W, d) fp16, ``word_offsets`` (N + 1,) and ``word_valid`` (W,)
     as the module docstring describes them."""
-    from kdfast.train.teacher import classifier_layer
+    from kdfast.train.teacher import classifier_layer, pooled_input
 
     model.eval()
     mask = mask_token_of(tokenizer)
@@ -180,10 +180,7 @@ def teacher_pass(model: torch.nn.Module, tokenizer: Any, sentences: list[str], m
             out = model(input_ids=input_ids.to(device), attention_mask=attn.to(device), output_hidden_states=words)
             logits = out.logits.float()
             logits_out[idx] = logits.cpu()
-            x, y = seen["x"].float(), seen["y"].float()
-            if x.dim() == 3:  # (B, T, d), scored at every position: keep the one the model pooled
-                pos = (y - logits.unsqueeze(1)).abs().sum(-1).argmin(1)
-                x = x[torch.arange(len(idx), device=x.device), pos]
+            x = pooled_input(seen, logits, len(idx))
             if features_out is None:
                 features_out = torch.zeros(len(ids), x.shape[-1])
             features_out[idx] = x.cpu()
