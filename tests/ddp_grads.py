@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-import kdfast.train.distill
+import kdfast.train.student_stage
 import kdfast.train.teacher
 from kdfast.cli.main import main
 
@@ -31,5 +31,5 @@ def record_then_step(optimizer: object, scheduler: object, scaler: object, param
 
 
 kdfast.train.teacher.optimizer_step = record_then_step
-kdfast.train.distill.optimizer_step = record_then_step
+kdfast.train.student_stage.optimizer_step = record_then_step  # the student's loop
 main()

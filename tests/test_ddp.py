@@ -70,14 +70,15 @@ def test_each_step_gets_the_gradient_of_the_global_batch_mean_loss(
     import torch.nn.functional as F
 
     import kdfast.train.distill as distill
+    import kdfast.train.student_stage as stage
     from kdfast.batching import pad_batch
     from kdfast.train.distributed import Context
     from kdfast.train.vocab import WordVocab
 
     models: list[torch.nn.Module] = []
-    batches: list[distill.Batch] = []
+    batches: list[stage.Batch] = []
     errors: list[float] = []
-    wrap, epoch_batches, optimizer_step = Context.wrap, distill.epoch_batches, distill.optimizer_step
+    wrap, epoch_batches, optimizer_step = Context.wrap, stage.epoch_batches, stage.optimizer_step
 
     def recording_wrap(self: Context, model: torch.nn.Module) -> torch.nn.Module:
         models.append(model)
@@ -106,8 +107,8 @@ def test_each_step_gets_the_gradient_of_the_global_batch_mean_loss(
         optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm)
 
     monkeypatch.setattr(Context, "wrap", recording_wrap)
-    monkeypatch.setattr(distill, "epoch_batches", recording_batches)
-    monkeypatch.setattr(distill, "optimizer_step", checked_step)
+    monkeypatch.setattr(stage, "epoch_batches", recording_batches)  # the student's loop lives in student_stage
+    monkeypatch.setattr(stage, "optimizer_step", checked_step)
     common = {"data": str(cola_dir), "out": tmp_path / "s", "epochs": 2, "max_train_samples": 10, "batch_size": 9,
               "grad_accum": 3, "hidden": 8, "embed_dim": 8, "dropout": 0.0, "device": "cpu", "progress": False}
     # batches of 9 rows in micro-batches of 3, then the uneven last one: 3 rows in 3 micro-batches of 1 (distilled:
