@@ -214,6 +214,30 @@ def test_bad_tables_are_one_error_naming_file_and_line(tmp_path: Path, train: st
         load_dataset(tmp_path)
 
 
+def test_label_errors_read_whole() -> None:
+    """The messages a user reads, whole: mixed kinds name both lines; an unknown dev label lists train's labels, the
+    first ten and "..." when there are more."""
+    from kdfast.data.labels import RawLabel, label_ids, label_names
+
+    mixed = [RawLabel(1, "t.csv:2"), RawLabel("two", "t.csv:3")]
+    with pytest.raises(KdfastError) as e:
+        label_names(mixed, "t.csv")
+    assert str(e.value) == ("t.csv:3: label 'two' is a string, but the first label (t.csv:2: 1) is an integer; labels "
+                            "must be all integers or all strings")
+    with pytest.raises(KdfastError) as e:
+        label_names([RawLabel("a", "t.csv:2"), RawLabel(3, "t.csv:3")], "t.csv")
+    assert str(e.value).startswith("t.csv:3: label 3 is an integer, but the first label (t.csv:2: 'a') is a string;")
+    with pytest.raises(KdfastError, match=r"^t.csv: no rows$"):
+        label_names([], "t.csv")
+    ten = "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9"
+    for n, shown in ((10, ten), (11, ten + ", ...")):
+        names = [f"c{i}" for i in range(n)]
+        assert label_ids([RawLabel("c3", "d:1"), RawLabel("c0", "d:2")], names, "dev") == [3, 0]
+        with pytest.raises(KdfastError) as e:
+            label_ids([RawLabel("c0", "d:1"), RawLabel("zz", "d:2")], names, "dev")
+        assert str(e.value) == f"d:2: dev label 'zz' does not occur in train (its labels: {shown})"
+
+
 @pytest.mark.parametrize(("value", "shown"), [(True, "True"), (False, "False"), (1.0, "1.0"), (0.5, "0.5"),
                                               (None, "None"), ([1], "[1]"), ({"a": 1}, "{'a': 1}")])
 def test_a_label_that_is_not_an_integer_or_a_string_is_an_error(value: object, shown: str) -> None:

@@ -132,6 +132,54 @@ def test_setup_refuses_an_indivisible_batch_and_low_precision_on_cpu(monkeypatch
     assert setup("cpu", batch_size=7).world == 1
 
 
+def test_the_world_comes_from_torchruns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdfast.train.distributed import env_world, is_master
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_world() == (0, 0, 1) and is_master()
+    ctx = setup("cpu")
+    assert (ctx.rank, ctx.world, ctx.local_rank, ctx.device.type, ctx.precision) == (0, 1, 0, "cpu", "fp32")
+    assert ctx.master and not ctx.distributed
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert env_world() == (3, 1, 4) and not is_master()
+    with pytest.raises(KdfastError, match=r"^--precision must be one of fp32, bf16, fp16, got 'fp8'$"):
+        setup("cpu", "fp8")
+    with pytest.raises(KdfastError, match=r"^--grad-accum must be at least 1, got 0$"):
+        setup("cpu", grad_accum=0)
+    with pytest.raises(KdfastError, match=r"^--batch-size 12 \(the global batch\) does not split evenly over 4 "
+                                          r"process\(es\) × --grad-accum 2$"):
+        setup("cpu", batch_size=12, grad_accum=2)
+    with pytest.raises(KdfastError, match=r"^--precision fp16 needs CUDA; on the CPU kdfast trains in fp32$"):
+        setup("cpu", "fp16", batch_size=16, grad_accum=2)  # 16 splits over 4 x 2: the precision is the error
+
+
+def test_one_process_sums_syncs_and_casts_nothing() -> None:
+    """Without a process group: sums are the values, the model is not wrapped, every micro-step synchronises;
+    with one, gradients wait for the last micro-step (no_sync); bf16 and fp16 autocast on CUDA."""
+    import contextlib
+
+    one = Context()
+    assert one.all_sum(1.5, 2.0) == [1.5, 2.0]
+    model = torch.nn.Linear(2, 2)
+    assert one.wrap(model) is model
+
+    class Wrapped(torch.nn.Module):
+        def no_sync(self) -> contextlib.AbstractContextManager[None]:
+            return marker
+
+    marker = contextlib.nullcontext("no_sync")
+    assert Context(world=2).sync(Wrapped(), last=False) is marker
+    assert Context(world=2).sync(Wrapped(), last=True) is not marker
+    assert one.sync(model, last=False) is not marker  # nothing to hold back
+    assert isinstance(one.autocast(), contextlib.nullcontext)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        cast = Context(precision=precision).autocast()
+        assert isinstance(cast, torch.autocast) and cast.device == "cuda" and cast.fast_dtype == dtype
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
