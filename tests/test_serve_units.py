@@ -67,6 +67,8 @@ def test_a_body_is_counted_as_it_arrives_and_handed_on_whole() -> None:
     seen = drive(10, [body(4, True), body(0, True), body(6)], [])
     assert seen["received"] == [{"type": "http.request", "body": b"x" * 10, "more_body": False}]
     assert status(seen) is None
+    seen = drive(10, [body(4, True), {"type": "http.request", "more_body": True}, body(6)], [])  # "body" optional
+    assert seen["received"] == [{"type": "http.request", "body": b"x" * 10, "more_body": False}]
     seen = drive(10, [body(4, True), body(7), body(0)], [])  # 11 bytes: refused at the chunk that passes the limit
     assert status(seen) == 413 and seen["app"] is None and seen["asked"] == 2
 
@@ -121,6 +123,8 @@ def test_error_bodies_are_json_and_echo_nothing() -> None:
     detail = json.loads(r.body)["detail"]
     assert r.status_code == 422 and len(detail) == 16
     assert detail[0] == {"type": "t", "loc": ["body", 3, "p"], "msg": "m"}
+    r = asyncio.run(invalid_request(None, RequestValidationError([{}])))  # type: ignore[arg-type]
+    assert json.loads(r.body) == {"detail": [{"type": "", "loc": [], "msg": ""}]}  # fields missing: empty, no 500
     r = asyncio.run(invalid_request(None, ValueError("not a validation error")))  # type: ignore[arg-type]
     assert r.status_code == 422 and json.loads(r.body) == {"detail": []}
 
@@ -156,7 +160,7 @@ def test_metadata_and_build_read_the_configuration(student: Path) -> None:
     import hashlib
 
     from kdfast import __version__
-    from kdfast.serve.server import PredictRequest, ServeConfig, build, metadata
+    from kdfast.serve.server import DRAIN_S, PredictRequest, ServeConfig, build, metadata
 
     cfg = ServeConfig(run_dir=student, runtime="auto", max_batch_size=3, batch_timeout_ms=7.0, workers=2, max_texts=5,
                       max_chars=6, max_body_bytes=4096)
@@ -173,6 +177,9 @@ def test_metadata_and_build_read_the_configuration(student: Path) -> None:
         server = build(cfg)
         assert PredictRequest.limits == (5, 6)
         assert server.app.router.redirect_slashes is False
+        assert (RequestGuard, {"max_bytes": 4096}) in server.middlewares
+        assert type(server.lit_api).__name__ == "ClassifierAPI" and server.lit_api.cfg is cfg
+        assert server.workers_per_device == 2 and server.use_zmq and server.uvicorn_graceful_timeout == DRAIN_S
         assert any(getattr(r, "path", None) == "/metadata" for r in server.app.routes)
     finally:
         PredictRequest.limits = old
