@@ -240,7 +240,7 @@ def test_label_errors_read_whole() -> None:
 
 def test_table_reading_edge_cases(tmp_path: Path) -> None:
     """A byte-order mark, blank JSON lines, named columns; each error whole, naming the file (and line)."""
-    from kdfast.data.tabular import iter_rows
+    from kdfast.data.tabular import iter_rows, read_table
 
     def error(path: Path, **kwargs: object) -> str:
         with pytest.raises(KdfastError) as e:
@@ -257,6 +257,7 @@ def test_table_reading_edge_cases(tmp_path: Path) -> None:
     named = tmp_path / "named.csv"
     named.write_text("text,body,label,y\nno,yes,a,b\n")
     assert [(t, r.value) for t, r in iter_rows(named, "body", "y")] == [("yes", "b")]  # type: ignore[union-attr]
+    assert read_table(named, "body", "y")[0] == ["yes"]
     assert error(named, label_column="cls") == (f"{named}: no column 'cls' (its columns: 'text', 'body', 'label', "
                                                 "'y'); name the right one with --label-column")
     for row, found in (("B.,y,z,w", 4), ("B.,y,z", 3), ("B.", 1)):  # too many, too few: the count of fields

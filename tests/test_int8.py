@@ -291,6 +291,25 @@ def test_three_classes(tmp_path: Path) -> None:
     assert got[0].shape == (1, 3)
     assert not [c["error"] for c in report["candidates"] if c["error"]]  # blockwise too: the head's Gemm
     assert all(0 <= c["agreement"] <= 1 for c in report["candidates"])
+    # the manifest's record: the rules as given, what was read, and the winner's numbers
+    assert report["method"].startswith("accuracy-aware: the fastest candidate that holds the rule on held-out ")
+    assert report["rule"] == {"min_agreement": 0.5, "max_mcc_drop": 1, "metric": "mcc", "confidence": 0.95}
+    assert report["speed_rule"] == {"min_speedup": 0.0, "batches": [1, 32], "threads": 0,
+                                    "statistic": "p50, interleaved with fp32 in one run"}
+    data = CalibrationSet.draw(train, 50, 200, cfg.seed, cfg.perturbed)
+    calibration = report["calibration"]
+    assert (calibration["split"], calibration["seed"], calibration["sentences"], calibration["held_out"],
+            calibration["perturbed"]) == ("train", 0, 50, 200, 200)
+    assert calibration["sha256"] == sentences_sha256([e.text for e in data.calibration])
+    assert calibration["held_out_sha256"] == sentences_sha256([e.text for e in data.held_out])
+    assert calibration["read"] > 0 and len(calibration["read_sha256"]) == 64
+    winner = next(c for c in report["candidates"] if c["name"] == report["winner"])
+    assert report["recipe"] == winner["recipe"] and report["kept_fp32"] == winner["kept_fp32"]
+    held = report["held_out"]
+    assert (held["agreement"], held["agreement_lower"], held["mcc"], held["mcc_drop"]) == (
+        winner["agreement"], winner["agreement_lower"], winner["mcc"], winner["mcc_drop"])
+    assert held["fp32_mcc"] == pytest.approx(winner["mcc"] + winner["mcc_drop"])
+    assert report["speed"]["verdict"] == "pass" and report["speed"]["min_speedup"] == 0.0
 
 
 def test_wilson_lower_bound() -> None:
