@@ -3,6 +3,7 @@ never padding; a rule nothing meets fails with every candidate's numbers and wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -285,8 +286,11 @@ def test_three_classes(tmp_path: Path) -> None:
                         input_names=["input_ids"])
     cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1,
                      min_speedup=0.0)
-    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg)
+    said: list[str] = []
+    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg, said.append)
     assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
+    assert said[-1].startswith(f"int8: {report['winner']} kept: accurate, and ")
+    assert said[-1].endswith(" fp32 at batch 1 / 32")
     got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
     assert got[0].shape == (1, 3)
     assert not [c["error"] for c in report["candidates"] if c["error"]]  # blockwise too: the head's Gemm
@@ -310,6 +314,12 @@ def test_three_classes(tmp_path: Path) -> None:
         winner["agreement"], winner["agreement_lower"], winner["mcc"], winner["mcc_drop"])
     assert held["fp32_mcc"] == pytest.approx(winner["mcc"] + winner["mcc_drop"])
     assert report["speed"]["verdict"] == "pass" and report["speed"]["min_speedup"] == 0.0
+    # accurate, but not 1000x fp32: the error names the best one, and nothing is written
+    from kdfast.export.int8 import Int8RuleError
+
+    with pytest.raises(Int8RuleError, match=r"^int8: no accurate candidate is at least 1000\.00x fp32's speed") as e:
+        tune(inputs, train, tmp_path / "slow.int8.onnx", dataclasses.replace(cfg, min_speedup=1000.0))
+    assert not (tmp_path / "slow.int8.onnx").exists() and e.value.report["winner"] is None
 
 
 def test_wilson_lower_bound() -> None:
@@ -787,6 +797,39 @@ def test_the_verdict_and_the_speed_errors_read_exactly() -> None:
         "int8: no accurate candidate is at least 1.50x fp32's speed at batch 1 and 32 (ONNX Runtime's default "
         "threads; --int8-min-speedup); the best of 3, b (99.60% agreement, Δ MCC -0.0010), ran 1.10x fp32 at "
         "batch 1 and 0.90x at batch 32; nothing was written")
+
+
+def test_every_skipped_recipe_is_recorded_and_fallbacks_keep_the_ranked_nodes() -> None:
+    """Recipes sorted fastest first: once one cannot beat a passing candidate (or the speed rule), none after it can,
+    and each is recorded; a fallback keeps the top of its own recipe's ranking fp32, and one that runs exactly at
+    the speed rule is searched on."""
+    script = {"pass": (True, 3.0), "slow1": (False, 2.0), "slow2": (False, 1.5)}
+    found = ScriptedTuner(script, Int8Config(recipes=("pass", "slow1", "slow2"))).run()  # type: ignore[arg-type]
+    assert set(found["not_searched"]) == {"slow1", "slow2"}
+    script = {"under1": (False, 0.9), "under2": (False, 0.8)}
+    found = ScriptedTuner(script, Int8Config(recipes=("under1", "under2"))).run()  # type: ignore[arg-type]
+    assert set(found["not_searched"]) == {"under1", "under2"}
+    script = {"edge": (False, 1.2), "edge+fp32:1": (False, 1.0), "edge+fp32:2": (True, 1.0)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("edge",)))  # type: ignore[arg-type]
+    found = tuner.run()
+    assert tuner.built == ["edge", "edge+fp32:1", "edge+fp32:2"] and found["winner"].name == "edge+fp32:2"
+    assert found["winner"].kept_fp32 == ["edge/n0", "edge/n1"]
+    assert [r["node"] for r in found["ranking"]["edge"]][:2] == ["edge/n0", "edge/n1"]
+
+
+def test_a_candidate_that_fails_to_build_is_said_with_its_error() -> None:
+    class Failing(ScriptedTuner):
+        def candidate(self, recipe: str, exclude: Any) -> Candidate:
+            c = super().candidate(recipe, exclude)
+            c.error = "the quantizer failed" if recipe == "broken" else ""
+            return c
+
+    said: list[str] = []
+    tuner = Failing({"ok": (True, 2.0), "broken": (False, 0.5)},
+                    Int8Config(recipes=("ok", "broken")))  # type: ignore[arg-type]
+    tuner.say = said.append
+    assert tuner.run()["winner"].name == "ok"
+    assert "int8: broken: error: the quantizer failed" in said
 
 
 def test_the_search_says_what_it_judged() -> None:
