@@ -156,6 +156,31 @@ def test_the_world_comes_from_torchruns_environment(monkeypatch: pytest.MonkeyPa
         setup("cpu", "fp16", batch_size=16, grad_accum=2)  # 16 splits over 4 x 2: the precision is the error
 
 
+def test_a_rank_joins_the_gloo_group_once_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (WORLD_SIZE > 1) setup joins the process group, gloo on the CPU, with the job's timeout, once
+    per process; the joining is recorded here, not done (a group of two would wait for the other rank)."""
+    import torch.distributed as dist
+
+    import kdfast.train.distributed as distributed
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    joined = [False]
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: (calls.append((a, k)), joined.__setitem__(0, True)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: joined[0])
+    monkeypatch.setattr(distributed.atexit, "register", lambda f: None)
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    ctx = setup("cpu", batch_size=4, grad_accum=2)
+    assert (ctx.rank, ctx.local_rank, ctx.world, ctx.distributed, ctx.master) == (1, 1, 2, True, False)
+    assert calls == [(("gloo",), {"timeout": distributed.TIMEOUT, "device_id": None})]
+    setup("cpu", batch_size=4)
+    assert len(calls) == 1  # already a member
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    joined[0] = False
+    setup("cpu")
+    assert len(calls) == 1  # one process: no group
+
+
 def test_one_process_sums_syncs_and_casts_nothing() -> None:
     """Without a process group: sums are the values, the model is not wrapped, every micro-step synchronises;
     with one, gradients wait for the last micro-step (no_sync); bf16 and fp16 autocast on CUDA."""
