@@ -167,12 +167,14 @@ def test_a_rank_joins_the_gloo_group_once_on_the_cpu(monkeypatch: pytest.MonkeyP
     joined = [False]
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: (calls.append((a, k)), joined.__setitem__(0, True)))
     monkeypatch.setattr(dist, "is_initialized", lambda: joined[0])
-    monkeypatch.setattr(distributed.atexit, "register", lambda f: None)
+    at_exit: list[object] = []
+    monkeypatch.setattr(distributed.atexit, "register", at_exit.append)
     for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")):
         monkeypatch.setenv(name, value)
     ctx = setup("cpu", batch_size=4, grad_accum=2)
     assert (ctx.rank, ctx.local_rank, ctx.world, ctx.distributed, ctx.master) == (1, 1, 2, True, False)
     assert calls == [(("gloo",), {"timeout": distributed.TIMEOUT, "device_id": None})]
+    assert at_exit == [distributed._teardown]  # the group is left when the process ends
     setup("cpu", batch_size=4)
     assert len(calls) == 1  # already a member
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -200,6 +202,9 @@ def test_one_process_sums_syncs_and_casts_nothing() -> None:
     assert Context(world=2).sync(Wrapped(), last=True) is not marker
     assert one.sync(model, last=False) is not marker  # nothing to hold back
     assert isinstance(one.autocast(), contextlib.nullcontext)
+    for precision in ("fp32", "fp16"):  # CUDA's scaler: on a machine without CUDA it disables itself, as fp32's is
+        scaler = Context(precision=precision).scaler()
+        assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda" and not scaler.is_enabled()
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         cast = Context(precision=precision).autocast()
         assert isinstance(cast, torch.autocast) and cast.device == "cuda" and cast.fast_dtype == dtype
