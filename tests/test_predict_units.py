@@ -173,7 +173,7 @@ def test_a_run_without_its_model_or_export_is_an_error(student: Path, tmp_path: 
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "run.json").write_text((student / "run.json").read_text())
-    with pytest.raises(KdfastError, match=r"no model \(student.pt missing\): a student run that did not finish"):
+    with pytest.raises(KdfastError, match=r"no model \(student.safetensors missing\): a student run that did not"):
         Classifier(bare, "torch")
     with pytest.raises(KdfastError, match=r"no ONNX export \(.*manifest.json missing\); run kdfast export --onnx"):
         Classifier(bare, "onnx")
