@@ -271,6 +271,12 @@ def test_table_reading_edge_cases(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"text": "a", "label": 1}\n{"label": 0}\n')
     assert error(missing) == f"{missing}:2: no 'text' field"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 1}\n{"text": \n')
+    assert error(broken) == f"{broken}:2: not a JSON object (Expecting value)"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"text,label\nA.,x\n\xe9t\xe9,y\n")
+    assert error(latin) == f"{latin}: not valid UTF-8 (invalid continuation byte)"
     huge = tmp_path / "huge.csv"
     huge.write_text("text,label\n" + "a" * 200_000 + ",x\n")
     assert error(huge) == f"{huge}: field larger than field limit (131072)"

@@ -13,9 +13,9 @@ from kdfast.serve.inputs import Skipped, iter_texts, lines_of
 
 
 def test_plain_text_lines_keep_their_spaces_and_blank_ones_are_counted() -> None:
-    lines = ["one  \r\n", "\n", "  two\n", " \t\n", "\r\n", "\n", "\n", "\n", "\n", "three"]
+    lines = ["one  \r\n", "\n", "  two\n", " \t\n", "\r\n", "\n", "\n", "\n", "\n", "TAX\n", "three"]
     skipped = Skipped()
-    assert list(lines_of(io.StringIO("".join(lines), newline=""), skipped)) == ["one  ", "  two", "three"]
+    assert list(lines_of(io.StringIO("".join(lines), newline=""), skipped)) == ["one  ", "  two", "TAX", "three"]
     assert skipped.blank == 7 and skipped.lines == [2, 4, 5, 6, 7]  # line numbers from 1, the first five
 
 

@@ -69,6 +69,8 @@ def test_a_body_is_counted_as_it_arrives_and_handed_on_whole() -> None:
     assert status(seen) is None
     seen = drive(10, [body(4, True), {"type": "http.request", "more_body": True}, body(6)], [])  # "body" optional
     assert seen["received"] == [{"type": "http.request", "body": b"x" * 10, "more_body": False}]
+    seen = drive(10, [body(4, True), {"type": "http.request"}], [])  # "more_body" optional too: false
+    assert seen["received"] == [{"type": "http.request", "body": b"x" * 4, "more_body": False}]
     seen = drive(10, [body(4, True), body(7), body(0)], [])  # 11 bytes: refused at the chunk that passes the limit
     assert status(seen) == 413 and seen["app"] is None and seen["asked"] == 2
 
@@ -201,3 +203,16 @@ def test_the_prefetched_request_comes_first_then_the_queue() -> None:
     assert p.get(timeout=0) == "first" and p.get(False) == "third"
     with pytest.raises(queue.Empty):
         p.get(timeout=0)
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[object, ...]] = []
+
+        def get(self, block: bool, timeout: float | None) -> str:
+            self.calls.append((block, timeout))
+            return "queued"
+
+    recording = Recording()
+    p = _Prefetched("first", recording)
+    assert p.get() == "first" and p.get() == "queued" and p.get(timeout=1.0) == "queued"
+    assert recording.calls == [(True, None), (True, 1.0)]  # by default, a get waits
