@@ -214,6 +214,74 @@ def test_bad_tables_are_one_error_naming_file_and_line(tmp_path: Path, train: st
         load_dataset(tmp_path)
 
 
+def test_label_errors_read_whole() -> None:
+    """The messages a user reads, whole: mixed kinds name both lines; an unknown dev label lists train's labels, the
+    first ten and "..." when there are more."""
+    from kdfast.data.labels import RawLabel, label_ids, label_names
+
+    mixed = [RawLabel(1, "t.csv:2"), RawLabel("two", "t.csv:3")]
+    with pytest.raises(KdfastError) as e:
+        label_names(mixed, "t.csv")
+    assert str(e.value) == ("t.csv:3: label 'two' is a string, but the first label (t.csv:2: 1) is an integer; labels "
+                            "must be all integers or all strings")
+    with pytest.raises(KdfastError) as e:
+        label_names([RawLabel("a", "t.csv:2"), RawLabel(3, "t.csv:3")], "t.csv")
+    assert str(e.value).startswith("t.csv:3: label 3 is an integer, but the first label (t.csv:2: 'a') is a string;")
+    with pytest.raises(KdfastError, match=r"^t.csv: no rows$"):
+        label_names([], "t.csv")
+    ten = "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9"
+    for n, shown in ((10, ten), (11, ten + ", ...")):
+        names = [f"c{i}" for i in range(n)]
+        assert label_ids([RawLabel("c3", "d:1"), RawLabel("c0", "d:2")], names, "dev") == [3, 0]
+        with pytest.raises(KdfastError) as e:
+            label_ids([RawLabel("c0", "d:1"), RawLabel("zz", "d:2")], names, "dev")
+        assert str(e.value) == f"d:2: dev label 'zz' does not occur in train (its labels: {shown})"
+
+
+def test_table_reading_edge_cases(tmp_path: Path) -> None:
+    """A byte-order mark, blank JSON lines, named columns; each error whole, naming the file (and line)."""
+    from kdfast.data.tabular import iter_rows, read_table
+
+    def error(path: Path, **kwargs: object) -> str:
+        with pytest.raises(KdfastError) as e:
+            list(iter_rows(path, **kwargs))  # type: ignore[arg-type]
+        return str(e.value)
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("text,label\nA.,x\n".encode("utf-8-sig"))
+    assert [(t, r.value) for t, r in iter_rows(bom)] == [("A.", "x")]  # type: ignore[union-attr]
+    lines = tmp_path / "blank.jsonl"
+    lines.write_text('{"text": "A.", "label": 1}\n\n  \n{"text": "B.", "label": 0}\n')
+    assert [(t, r.value, r.where) for t, r in iter_rows(lines)] == [  # type: ignore[union-attr]
+        ("A.", 1, f"{lines}:1"), ("B.", 0, f"{lines}:4")]
+    named = tmp_path / "named.csv"
+    named.write_text("text,body,label,y\nno,yes,a,b\n")
+    assert [(t, r.value) for t, r in iter_rows(named, "body", "y")] == [("yes", "b")]  # type: ignore[union-attr]
+    assert read_table(named, "body", "y")[0] == ["yes"]
+    assert error(named, label_column="cls") == (f"{named}: no column 'cls' (its columns: 'text', 'body', 'label', "
+                                                "'y'); name the right one with --label-column")
+    for row, found in (("B.,y,z,w", 4), ("B.,y,z", 3), ("B.", 1)):  # too many, too few: the count of fields
+        uneven = tmp_path / "uneven.csv"
+        uneven.write_text(f"text,label\nA.,x\n{row}\n")
+        assert error(uneven) == f"{uneven}:3: expected 2 columns (text, label), found {found}"
+    assert error(tmp_path) == f"cannot read {tmp_path}: Is a directory"
+    listed = tmp_path / "list.jsonl"
+    listed.write_text('{"text": "a", "label": 1}\n[1, 2]\n')
+    assert error(listed) == f"{listed}:2: expected one JSON object per line, found list"
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"text": "a", "label": 1}\n{"label": 0}\n')
+    assert error(missing) == f"{missing}:2: no 'text' field"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 1}\n{"text": \n')
+    assert error(broken) == f"{broken}:2: not a JSON object (Expecting value)"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"text,label\nA.,x\n\xe9t\xe9,y\n")
+    assert error(latin) == f"{latin}: not valid UTF-8 (invalid continuation byte)"
+    huge = tmp_path / "huge.csv"
+    huge.write_text("text,label\n" + "a" * 200_000 + ",x\n")
+    assert error(huge) == f"{huge}: field larger than field limit (131072)"
+
+
 @pytest.mark.parametrize(("value", "shown"), [(True, "True"), (False, "False"), (1.0, "1.0"), (0.5, "0.5"),
                                               (None, "None"), ([1], "[1]"), ({"a": 1}, "{'a': 1}")])
 def test_a_label_that_is_not_an_integer_or_a_string_is_an_error(value: object, shown: str) -> None:

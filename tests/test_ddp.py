@@ -132,6 +132,84 @@ def test_setup_refuses_an_indivisible_batch_and_low_precision_on_cpu(monkeypatch
     assert setup("cpu", batch_size=7).world == 1
 
 
+def test_the_world_comes_from_torchruns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdfast.train.distributed import env_world, is_master
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_world() == (0, 0, 1) and is_master()
+    ctx = setup("cpu")
+    assert (ctx.rank, ctx.world, ctx.local_rank, ctx.device.type, ctx.precision) == (0, 1, 0, "cpu", "fp32")
+    assert ctx.master and not ctx.distributed
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert env_world() == (3, 1, 4) and not is_master()
+    with pytest.raises(KdfastError, match=r"^--precision must be one of fp32, bf16, fp16, got 'fp8'$"):
+        setup("cpu", "fp8")
+    with pytest.raises(KdfastError, match=r"^--grad-accum must be at least 1, got 0$"):
+        setup("cpu", grad_accum=0)
+    with pytest.raises(KdfastError, match=r"^--batch-size 12 \(the global batch\) does not split evenly over 4 "
+                                          r"process\(es\) × --grad-accum 2$"):
+        setup("cpu", batch_size=12, grad_accum=2)
+    with pytest.raises(KdfastError, match=r"^--precision fp16 needs CUDA; on the CPU kdfast trains in fp32$"):
+        setup("cpu", "fp16", batch_size=16, grad_accum=2)  # 16 splits over 4 x 2: the precision is the error
+
+
+def test_a_rank_joins_the_gloo_group_once_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (WORLD_SIZE > 1) setup joins the process group, gloo on the CPU, with the job's timeout, once
+    per process; the joining is recorded here, not done (a group of two would wait for the other rank)."""
+    import torch.distributed as dist
+
+    import kdfast.train.distributed as distributed
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    joined = [False]
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: (calls.append((a, k)), joined.__setitem__(0, True)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: joined[0])
+    at_exit: list[object] = []
+    monkeypatch.setattr(distributed.atexit, "register", at_exit.append)
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    ctx = setup("cpu", batch_size=4, grad_accum=2)
+    assert (ctx.rank, ctx.local_rank, ctx.world, ctx.distributed, ctx.master) == (1, 1, 2, True, False)
+    assert calls == [(("gloo",), {"timeout": distributed.TIMEOUT, "device_id": None})]
+    assert at_exit == [distributed._teardown]  # the group is left when the process ends
+    setup("cpu", batch_size=4)
+    assert len(calls) == 1  # already a member
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    joined[0] = False
+    setup("cpu")
+    assert len(calls) == 1  # one process: no group
+
+
+def test_one_process_sums_syncs_and_casts_nothing() -> None:
+    """Without a process group: sums are the values, the model is not wrapped, every micro-step synchronises;
+    with one, gradients wait for the last micro-step (no_sync); bf16 and fp16 autocast on CUDA."""
+    import contextlib
+
+    one = Context()
+    assert one.all_sum(1.5, 2.0) == [1.5, 2.0]
+    model = torch.nn.Linear(2, 2)
+    assert one.wrap(model) is model
+
+    class Wrapped(torch.nn.Module):
+        def no_sync(self) -> contextlib.AbstractContextManager[None]:
+            return marker
+
+    marker = contextlib.nullcontext("no_sync")
+    assert Context(world=2).sync(Wrapped(), last=False) is marker
+    assert Context(world=2).sync(Wrapped(), last=True) is not marker
+    assert one.sync(model, last=False) is not marker  # nothing to hold back
+    assert isinstance(one.autocast(), contextlib.nullcontext)
+    for precision in ("fp32", "fp16"):  # CUDA's scaler: on a machine without CUDA it disables itself, as fp32's is
+        scaler = Context(precision=precision).scaler()
+        assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda" and not scaler.is_enabled()
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        cast = Context(precision=precision).autocast()
+        assert isinstance(cast, torch.autocast) and cast.device == "cuda" and cast.fast_dtype == dtype
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@ never padding; a rule nothing meets fails with every candidate's numbers and wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from kdfast.batching import pad_batch
 from kdfast.data import Dataset, Example, load_dataset
+from kdfast.errors import KdfastError
 from kdfast.export.int8 import (
     RECIPES,
     CalibrationSet,
@@ -240,6 +242,8 @@ def test_fallback_steps() -> None:
     assert fallback_steps(3) == [1, 2, 3]
     assert fallback_steps(8) == [1, 2, 3, 4, 6, 8]
     assert fallback_steps(10) == [1, 2, 3, 4, 6, 9, 10]
+    steps = fallback_steps(30)  # half again past 4, whole nodes: 13 and 19, not 13.5
+    assert steps == [1, 2, 3, 4, 6, 9, 13, 19, 28, 30] and all(type(k) is int for k in steps)
 
 
 def test_draw_is_disjoint_and_seeded() -> None:
@@ -282,12 +286,40 @@ def test_three_classes(tmp_path: Path) -> None:
                         input_names=["input_ids"])
     cfg = Int8Config(calibration=50, held_out=200, rank_sentences=20, timing_rounds=1, min_agreement=0.5, max_drop=1,
                      min_speedup=0.0)
-    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg)
+    said: list[str] = []
+    report = tune(inputs, train, tmp_path / "model.int8.onnx", cfg, said.append)
     assert report["winner"] and (tmp_path / "model.int8.onnx").exists()
+    assert said[-1].startswith(f"int8: {report['winner']} kept: accurate, and ")
+    assert said[-1].endswith(" fp32 at batch 1 / 32")
     got = session(tmp_path / "model.int8.onnx").run(["logits"], {"input_ids": np.array([encode(["a big cat"])[0]])})
     assert got[0].shape == (1, 3)
     assert not [c["error"] for c in report["candidates"] if c["error"]]  # blockwise too: the head's Gemm
     assert all(0 <= c["agreement"] <= 1 for c in report["candidates"])
+    # the manifest's record: the rules as given, what was read, and the winner's numbers
+    assert report["method"].startswith("accuracy-aware: the fastest candidate that holds the rule on held-out ")
+    assert report["rule"] == {"min_agreement": 0.5, "max_mcc_drop": 1, "metric": "mcc", "confidence": 0.95}
+    assert report["speed_rule"] == {"min_speedup": 0.0, "batches": [1, 32], "threads": 0,
+                                    "statistic": "p50, interleaved with fp32 in one run"}
+    data = CalibrationSet.draw(train, 50, 200, cfg.seed, cfg.perturbed)
+    calibration = report["calibration"]
+    assert (calibration["split"], calibration["seed"], calibration["sentences"], calibration["held_out"],
+            calibration["perturbed"]) == ("train", 0, 50, 200, 200)
+    assert calibration["sha256"] == sentences_sha256([e.text for e in data.calibration])
+    assert calibration["held_out_sha256"] == sentences_sha256([e.text for e in data.held_out])
+    assert calibration["read"] > 0 and len(calibration["read_sha256"]) == 64
+    winner = next(c for c in report["candidates"] if c["name"] == report["winner"])
+    assert report["recipe"] == winner["recipe"] and report["kept_fp32"] == winner["kept_fp32"]
+    held = report["held_out"]
+    assert (held["agreement"], held["agreement_lower"], held["mcc"], held["mcc_drop"]) == (
+        winner["agreement"], winner["agreement_lower"], winner["mcc"], winner["mcc_drop"])
+    assert held["fp32_mcc"] == pytest.approx(winner["mcc"] + winner["mcc_drop"])
+    assert report["speed"]["verdict"] == "pass" and report["speed"]["min_speedup"] == 0.0
+    # accurate, but not 1000x fp32: the error names the best one, and nothing is written
+    from kdfast.export.int8 import Int8RuleError
+
+    with pytest.raises(Int8RuleError, match=r"^int8: no accurate candidate is at least 1000\.00x fp32's speed") as e:
+        tune(inputs, train, tmp_path / "slow.int8.onnx", dataclasses.replace(cfg, min_speedup=1000.0))
+    assert not (tmp_path / "slow.int8.onnx").exists() and e.value.report["winner"] is None
 
 
 def test_wilson_lower_bound() -> None:
@@ -707,3 +739,113 @@ def test_only_a_failed_int8_alone_is_dropped(failure: str, tmp_path: Path) -> No
         with pytest.raises(ParityError, match="failed"):
             onnx.run_dropping_failed_int8(cfg, lambda *a, **k: pytest.fail("no note: nothing is dropped"))
     assert calls == [cfg.int8]  # one export, not a second one without int8
+
+
+# --- the report: what the table, the errors and the manifest say (exact: a user reads them)
+
+
+def test_the_sentence_hash_is_of_each_sentence_and_a_newline_in_order() -> None:
+    import hashlib
+
+    assert sentences_sha256(["a", "b"]) == hashlib.sha256(b"a\nb\n").hexdigest()
+    assert sentences_sha256([]) == hashlib.sha256(b"").hexdigest()
+    assert sentences_sha256(["é"]) == hashlib.sha256("é\n".encode()).hexdigest()
+
+
+def test_draw_takes_at_most_half_for_calibration_and_needs_two_sentences() -> None:
+    train = [Example(f"s{i}", i % 2) for i in range(10)]
+    data = CalibrationSet.draw(train, 8, 30, seed=0)
+    assert len(data.calibration) == 5 and len(data.held_out) == 5 and data.perturbed == []
+    assert sorted(e.text for e in data.calibration + data.held_out) == sorted(e.text for e in train)
+    copies = CalibrationSet.draw(train, 2, 3, seed=0, perturbed=True)
+    assert len(copies.perturbed) == 3 and copies.perturbed == CalibrationSet.draw(train, 2, 3, 0, True).perturbed
+    assert len(CalibrationSet.draw(train[:2], 5, 5, seed=0).calibration) == 1
+    with pytest.raises(KdfastError, match=r"^int8 tuning needs training sentences; the training split has 1$"):
+        CalibrationSet.draw(train[:1], 5, 5, seed=0)
+
+
+def test_a_rule_the_held_out_sentences_cannot_prove_says_how_many_it_needs() -> None:
+    from kdfast.export.int8 import unprovable
+
+    cfg = Int8Config(calibration=64)
+    assert unprovable(268, cfg) is None and unprovable(300, cfg) is None
+    assert unprovable(10, Int8Config(min_agreement=1.0)) is None  # no bound: judged on the share
+    assert unprovable(200, cfg) == (
+        "int8: 200 held-out training sentences cannot show 99.0% agreement with fp32 at 95% confidence even if int8 "
+        f"kept every label (the bound would be {wilson_lower(1.0, 200, 0.95):.2%}); it needs 268 beyond the 64 "
+        "calibration sentences: train on more data, lower --int8-min-agreement, or export without --int8")
+    assert "it needs 536 beyond" in unprovable(100, Int8Config(confidence=0.99))  # ceil(2.3263^2 x 99)
+
+
+def test_the_verdict_and_the_speed_errors_read_exactly() -> None:
+    from kdfast.export.int8 import describe_threads, too_slow
+
+    assert describe_threads(0) == "ONNX Runtime's default threads" and describe_threads(2) == "2 thread(s)"
+    tuner = ScriptedTuner({}, Int8Config())
+    c = Candidate("c", "dynamic", "model.onnx", agreement=0.995, agreement_lower=0.9912, mcc_drop=0.0123,
+                  speedup_b1=2.5, passed=True)
+    assert tuner.verdict(c) == "99.50% agreement (≥ 99.12% at 95%), MCC Δ -0.0123, 2.50x fp32: pass"
+    c.passed, c.speedup_b1, c.mcc_drop = False, float("nan"), -0.5
+    assert tuner.verdict(c) == "99.50% agreement (≥ 99.12% at 95%), MCC Δ +0.5000"
+
+    def timed(name: str, b1: float, b32: float) -> Candidate:
+        return Candidate(name, "dynamic", "model.onnx", agreement=0.996, mcc_drop=0.001,
+                         speed={"batch_1": {"speedup": b1}, "batch_32": {"speedup": b32}})
+
+    judged = [timed("a", 3.0, 0.7), timed("b", 1.1, 0.9), timed("c", 0.5, 2.0)]
+    assert too_slow(judged, Int8Config(min_speedup=1.5, threads=0)) == (
+        "int8: no accurate candidate is at least 1.50x fp32's speed at batch 1 and 32 (ONNX Runtime's default "
+        "threads; --int8-min-speedup); the best of 3, b (99.60% agreement, Δ MCC -0.0010), ran 1.10x fp32 at "
+        "batch 1 and 0.90x at batch 32; nothing was written")
+
+
+def test_every_skipped_recipe_is_recorded_and_fallbacks_keep_the_ranked_nodes() -> None:
+    """Recipes sorted fastest first: once one cannot beat a passing candidate (or the speed rule), none after it can,
+    and each is recorded; a fallback keeps the top of its own recipe's ranking fp32, and one that runs exactly at
+    the speed rule is searched on."""
+    script = {"pass": (True, 3.0), "slow1": (False, 2.0), "slow2": (False, 1.5)}
+    found = ScriptedTuner(script, Int8Config(recipes=("pass", "slow1", "slow2"))).run()  # type: ignore[arg-type]
+    assert set(found["not_searched"]) == {"slow1", "slow2"}
+    script = {"under1": (False, 0.9), "under2": (False, 0.8)}
+    found = ScriptedTuner(script, Int8Config(recipes=("under1", "under2"))).run()  # type: ignore[arg-type]
+    assert set(found["not_searched"]) == {"under1", "under2"}
+    script = {"edge": (False, 1.2), "edge+fp32:1": (False, 1.0), "edge+fp32:2": (True, 1.0)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("edge",)))  # type: ignore[arg-type]
+    found = tuner.run()
+    assert tuner.built == ["edge", "edge+fp32:1", "edge+fp32:2"] and found["winner"].name == "edge+fp32:2"
+    assert found["winner"].kept_fp32 == ["edge/n0", "edge/n1"]
+    assert [r["node"] for r in found["ranking"]["edge"]][:2] == ["edge/n0", "edge/n1"]
+
+
+def test_a_candidate_that_fails_to_build_is_said_with_its_error() -> None:
+    class Failing(ScriptedTuner):
+        def candidate(self, recipe: str, exclude: Any) -> Candidate:
+            c = super().candidate(recipe, exclude)
+            c.error = "the quantizer failed" if recipe == "broken" else ""
+            return c
+
+    said: list[str] = []
+    tuner = Failing({"ok": (True, 2.0), "broken": (False, 0.5)},
+                    Int8Config(recipes=("ok", "broken")))  # type: ignore[arg-type]
+    tuner.say = said.append
+    assert tuner.run()["winner"].name == "ok"
+    assert "int8: broken: error: the quantizer failed" in said
+
+
+def test_the_search_says_what_it_judged() -> None:
+    """Each judged candidate's speed line, and the recipe left unsearched with the reason."""
+    said: list[str] = []
+    script = {"a": (True, 1.8), "b": (False, 1.5)}
+    tuner = ScriptedTuner(script, Int8Config(recipes=("a", "b"), min_speedup=1.6, threads=2),  # type: ignore[arg-type]
+                          {"a": (1.8, 1.7)})
+    tuner.say = said.append
+    found = tuner.run()
+    assert found["winner"].name == "a"
+    assert ("int8: a: 1.80x fp32 at batch 1, 1.70x fp32 at batch 32 (2 thread(s)): meets the speed rule (≥ 1.60x)"
+            in said)
+    assert found["not_searched"] == {"b": "1.50x fp32 as it is, no faster than a passing candidate (1.80x)"}
+    said.clear()
+    tuner = ScriptedTuner(script, Int8Config(recipes=("a",), min_speedup=2.0), {"a": (1.8, 1.7)})  # type: ignore[arg-type]
+    tuner.say = said.append
+    assert tuner.run()["winner"] is None
+    assert said[-1].endswith("(ONNX Runtime's default threads): fails the speed rule (≥ 2.00x)")

@@ -523,7 +523,7 @@ def test_the_triton_config_asks_for_dynamic_batching_and_instances(tmp_path: Pat
     assert "instance_group [" in text and "count: 2" in text and "kind: KIND_AUTO" in text
 
 
-@pytest.mark.parametrize("max_batch_size", [1, 8])
+@pytest.mark.parametrize("max_batch_size", [1, 2, 8])  # 2: the smallest batch is a batch
 def test_the_api_answers_one_request_or_a_batch(student: Path, clf: Classifier, max_batch_size: int) -> None:
     """LitServe hands predict a list of requests when batching, one request when not (--max-batch-size 1)."""
     from kdfast.serve.server import ClassifierAPI, ServeConfig

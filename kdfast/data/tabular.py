@@ -53,9 +53,9 @@ def _records(path: Path) -> Iterator[tuple[dict[str, object], list[str], int]]:
                     raise KdfastError(f"{path}: empty file (expected a header line with the column names)")
                 for row in reader:
                     if None in row or any(v is None for v in row.values()):
+                        found = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
                         raise KdfastError(f"{path}:{reader.line_num}: expected {len(columns)} columns "
-                                          f"({', '.join(columns)}), found {len(row) - (None in row)}"
-                                          f"{'+' if None in row else ''}")
+                                          f"({', '.join(columns)}), found {found}")
                     yield row, columns, reader.line_num
             else:
                 columns = []
