@@ -707,3 +707,43 @@ def test_only_a_failed_int8_alone_is_dropped(failure: str, tmp_path: Path) -> No
         with pytest.raises(ParityError, match="failed"):
             onnx.run_dropping_failed_int8(cfg, lambda *a, **k: pytest.fail("no note: nothing is dropped"))
     assert calls == [cfg.int8]  # one export, not a second one without int8
+
+
+def test_smoothing_keeps_the_model_and_moves_the_outliers_into_the_weights(teacher_run: Path, tmp_path: Path) -> None:
+    """SmoothQuant on the ONNX graph (``smooth_file``): the smoothed fp32 model gives fp32's logits, every weight
+    product's activation passes through one inserted scale, the channel spread of those activations shrinks (what
+    makes per-tensor int8 steps finer), and the result still quantizes to a model close to fp32."""
+    import onnx
+
+    from kdfast.export.quantize import activation_absmax, quantize_blockwise_file, smooth_file, smooth_groups
+
+    out = tmp_path / "onnx"
+    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
+    src, matmul, dst = out / "model.onnx", tmp_path / "matmul.onnx", tmp_path / "smooth.onnx"
+    gemm_as_matmul(src, matmul)
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 100, n).tolist() for n in (4, 9, 13)]
+    reader = UnpaddedReader([pad_batch(rows, 0)], ["input_ids", "attention_mask"])
+    groups = smooth_groups(onnx.load(str(matmul)))
+    assert groups
+    before = smooth_file(matmul, dst, reader, 0.5)
+    graph = onnx.load(str(dst)).graph
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in graph.node) == len(groups)
+    smoothed = activation_absmax(dst, [f"{a}_smoothed" for a in groups], reader)
+
+    def spread(m: np.ndarray) -> float:
+        return float(m.max() / max(np.median(m), 1e-6))
+
+    assert np.mean([spread(smoothed[f"{a}_smoothed"]) for a in groups]) < np.mean([spread(before[a])
+                                                                                 for a in groups])
+    feeds = {"input_ids": rng.integers(0, 100, (3, 7)), "attention_mask": np.ones((3, 7), dtype=np.int64)}
+    want = session(src).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(session(dst).run(["logits"], feeds)[0], want, rtol=1e-4, atol=1e-5)
+    # given the ranges again, a second alpha needs no second measurement and is the same model in fp32
+    again = smooth_file(matmul, tmp_path / "smooth75.onnx", UnpaddedReader([], []), 0.75, before)
+    assert again is before
+    np.testing.assert_allclose(session(tmp_path / "smooth75.onnx").run(["logits"], feeds)[0], want, rtol=1e-4,
+                               atol=1e-5)
+    quantize_blockwise_file(dst, tmp_path / "q.onnx", 32, exclude=[])
+    got = session(tmp_path / "q.onnx").run(["logits"], feeds)[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close, not equal
