@@ -351,7 +351,7 @@ def side_by_side(models: list[str], run_dir: Path, cola: Any, threads: int, time
 
 
 def side_by_side_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = [f"# int8 side by side: {result['model']}", "",
+    lines = [f"# int8 {result['model']}", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['machine']}; {result['threads']} ONNX Runtime threads "
              "(0: its default); load average {0} before the timing, {1} after; {2} dev sentences timed, {3} rounds, "
              "every model interleaved call by call.".format(result["load_before_timing"], result["load_after_timing"],
