@@ -395,7 +395,7 @@ class ScriptedTuner(Tuner):
     def __init__(self, script: dict[str, tuple[bool, float]], cfg: Int8Config,
                  speeds: dict[str, tuple[float, float]] | None = None) -> None:
         self.script, self.cfg, self.say, self.built = script, cfg, lambda *a: None, []
-        self.speeds, self.judged = speeds or {}, []
+        self.speeds, self.judged, self.smoothing = speeds or {}, [], {}
 
     def nodes(self, recipe: str) -> list[str]:
         return [f"{recipe}/n{i}" for i in range(8)]
@@ -849,3 +849,76 @@ def test_the_search_says_what_it_judged() -> None:
     tuner.say = said.append
     assert tuner.run()["winner"] is None
     assert said[-1].endswith("(ONNX Runtime's default threads): fails the speed rule (≥ 2.00x)")
+
+
+def test_smoothing_keeps_the_model_and_moves_the_outliers_into_the_weights(teacher_run: Path, tmp_path: Path) -> None:
+    """SmoothQuant on the ONNX graph (``smooth_file``): the smoothed fp32 model gives fp32's logits, every weight
+    product's activation passes through one inserted scale, the channel spread of those activations shrinks (what
+    makes per-tensor int8 steps finer), and the result still quantizes to a model close to fp32."""
+    import onnx
+
+    from kdfast.export.quantize import activation_absmax, quantize_blockwise_file, smooth_file, smooth_groups
+
+    out = tmp_path / "onnx"
+    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
+    src, matmul, dst = out / "model.onnx", tmp_path / "matmul.onnx", tmp_path / "smooth.onnx"
+    gemm_as_matmul(src, matmul)
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 100, n).tolist() for n in (4, 9, 13)]
+    reader = UnpaddedReader([pad_batch(rows, 0)], ["input_ids", "attention_mask"])
+    groups = smooth_groups(onnx.load(str(matmul)))
+    assert groups
+    before = smooth_file(matmul, dst, reader, 0.5)
+    graph = onnx.load(str(dst)).graph
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth") for n in graph.node) == len(groups)
+    smoothed = activation_absmax(dst, [f"{a}_smoothed" for a in groups], reader)
+
+    def spread(m: np.ndarray) -> float:
+        return float(m.max() / max(np.median(m), 1e-6))
+
+    assert np.mean([spread(smoothed[f"{a}_smoothed"]) for a in groups]) < np.mean([spread(before[a])
+                                                                                 for a in groups])
+    feeds = {"input_ids": rng.integers(0, 100, (3, 7)), "attention_mask": np.ones((3, 7), dtype=np.int64)}
+    want = session(src).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(session(dst).run(["logits"], feeds)[0], want, rtol=1e-4, atol=1e-5)
+    # given the ranges again, a second alpha needs no second measurement and is the same model in fp32
+    again = smooth_file(matmul, tmp_path / "smooth75.onnx", UnpaddedReader([], []), 0.75, before)
+    assert again is before
+    np.testing.assert_allclose(session(tmp_path / "smooth75.onnx").run(["logits"], feeds)[0], want, rtol=1e-4,
+                               atol=1e-5)
+    quantize_blockwise_file(dst, tmp_path / "q.onnx", 32, exclude=[])
+    got = session(tmp_path / "q.onnx").run(["logits"], feeds)[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close, not equal
+
+
+def test_a_smoothed_recipe_chooses_its_alpha_and_stays_close_to_fp32(teacher_run: Path, cola_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """``smooth-R``: R's quantizer on R's source after SmoothQuant, with the alpha among ``SMOOTH_ALPHAS`` whose
+    quantized model is closest to fp32 on the calibration sentences (each alpha's MSE recorded); the candidate is
+    judged by the same rule as any other and its logits stay within int8's tolerance of fp32's."""
+    import onnx
+
+    from kdfast.export.int8 import SMOOTH_ALPHAS, TuneInputs
+    from kdfast.export.onnx import load_teacher_for_export
+
+    out = tmp_path / "onnx"
+    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
+    source = load_teacher_for_export(teacher_run)
+    inputs = TuneInputs(fp32=out / "model.onnx", base=out / "model.onnx", encode=source.encode, pad_id=source.pad_id,
+                        input_names=source.input_names)
+    cfg = Int8Config(calibration=32, held_out=100, rank_sentences=16, timing_rounds=1, min_agreement=0.9,
+                     recipes=("smooth-blockwise-32",), min_speedup=0.0)
+    data = CalibrationSet.draw(load_dataset(str(cola_dir)).train, cfg.calibration, cfg.held_out, cfg.seed, True)
+    work = tmp_path / "work"
+    work.mkdir()
+    tuner = Tuner(inputs, data, cfg, work, lambda *a: None)
+    c = tuner.candidate("smooth-blockwise-32", [])
+    assert not c.error, c.error
+    chosen = tuner.smoothing["smooth-blockwise-32"]
+    assert set(chosen["logit_mse"]) == {f"{a:g}" for a in SMOOTH_ALPHAS}
+    assert chosen["logit_mse"][f"{chosen['alpha']:g}"] == min(chosen["logit_mse"].values())
+    assert c.source == chosen["file"] and c.agreement == c.agreement  # judged by the rule
+    ops = [n.op_type for n in onnx.load(str(tuner.files[c.name])).graph.node]
+    assert "MatMulNBits" in ops and sum(n.endswith("_smooth") for n in
+                                        [n.name for n in onnx.load(str(tuner.files[c.name])).graph.node]) > 0
+    assert c.mse < 0.05 * float((tuner.want_held ** 2).mean()) + 1e-4  # int8: close to fp32, not equal

@@ -26,6 +26,12 @@ sensitive nodes kept fp32 (``+fp32:k``):
   fused ``Attention``, whose projections would stay fp32. Ranges are fixed, so the labels no longer depend on how
   sentences are batched.
 
+- ``smooth-R`` (any R above; not among the default ``RECIPES``): R after SmoothQuant
+  (:func:`kdfast.export.quantize.smooth_file`), the alpha chosen per model among ``SMOOTH_ALPHAS`` by the logit MSE of
+  R's quantization of each smoothed graph on the ranking's calibration sentences. On the MiniLM teacher it lets
+  blockwise-64 pass the rule, but blockwise is no faster there than blockwise-32 within the noise, so it is not a
+  default (docs/export.md, issue 25).
+
 The search: every recipe is built and judged as it is, and timed against fp32 in one interleaved run. A recipe that
 fails gets its nodes ranked and kept fp32 a few more at a time, fastest recipe first, until a candidate passes or
 runs no faster than one that passed already (keeping more nodes fp32 only slows it down): a recipe slower than a
@@ -92,12 +98,15 @@ from kdfast.export.quantize import (
     quantize_blockwise_file,
     quantize_dynamic_file,
     quantize_static_file,
+    smooth_file,
     weight_nodes,
 )
 from kdfast.metrics import mcc
 
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
+SMOOTH_PREFIX = "smooth-"  # smooth-R: recipe R after SmoothQuant (kdfast.export.quantize.smooth_file)
+SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
 
 @dataclass
@@ -293,13 +302,18 @@ class Tuner:
         self.want_rank = logits(fp32, self.rank_ids, inputs.pad_id, cfg.batch_size)
         self.caches: dict[str, Path] = {}
         self.node_lists: dict[str, list[str]] = {}
+        self.smoothing: dict[str, dict[str, Any]] = {}  # smooth-R -> the alpha chosen, each alpha's logit MSE
+        self.absmax: dict[str, np.ndarray] = {}  # source file -> its activations' per-channel max |x|
         self.files: dict[str, Path] = {}
 
     # building
 
     def source(self, recipe: str) -> Path:
         """The fp32 file a recipe quantizes: dynamic the optimized model when there is one, blockwise the plain
-        graph with its Gemms as MatMuls (written once here), static the plain graph."""
+        graph with its Gemms as MatMuls (written once here), static the plain graph; ``smooth-R`` R's source after
+        SmoothQuant with the alpha :meth:`smoothed` chose for R."""
+        if recipe.startswith(SMOOTH_PREFIX):
+            return self.smoothed(recipe)
         if recipe == "dynamic":
             return self.inputs.base
         if recipe.startswith("blockwise-"):
@@ -309,39 +323,73 @@ class Tuner:
             return path
         return self.inputs.fp32
 
+    def _reader(self) -> UnpaddedReader:
+        batches = [pad_batch([self.cal_ids[i] for i in idx], self.inputs.pad_id)
+                   for idx in length_sorted_batches(self.cal_ids, self.cfg.batch_size)]
+        return UnpaddedReader(batches, self.inputs.input_names)
+
+    def smoothed(self, recipe: str) -> Path:
+        """``smooth-R``'s source: R's, smoothed (:func:`kdfast.export.quantize.smooth_file`) with the alpha of
+        ``SMOOTH_ALPHAS`` whose R-quantized model is closest to fp32 (logit MSE on the ranking's calibration
+        sentences): the per-model search SmoothQuant needs. Each alpha's smoothed file is written once per source."""
+        if recipe in self.smoothing:
+            return self.workdir / self.smoothing[recipe]["file"]
+        base = recipe.removeprefix(SMOOTH_PREFIX)
+        src = self.source(base)
+        tmp = self.workdir / f"alpha-{recipe}.onnx"
+        mses: dict[str, float] = {}
+        for alpha in SMOOTH_ALPHAS:
+            path = self.workdir / f"smooth{round(alpha * 100)}-{src.name}"
+            if not path.exists():
+                self.absmax[src.name] = smooth_file(src, path, self._reader(), alpha, self.absmax.get(src.name))
+            self.quantize(base, path, [], tmp)
+            got = logits(session(tmp), self.rank_ids, self.inputs.pad_id, self.cfg.batch_size)
+            mses[f"{alpha:g}"] = float(((got - self.want_rank) ** 2).mean())
+        tmp.unlink(missing_ok=True)
+        alpha = min(mses, key=lambda a: mses[a])
+        self.smoothing[recipe] = {"alpha": float(alpha), "logit_mse": mses,
+                                  "file": f"smooth{round(float(alpha) * 100)}-{src.name}"}
+        self.say(f"int8: {recipe}: SmoothQuant alpha {alpha} (logit MSE on calibration sentences: "
+                 + ", ".join(f"{a}: {m:.2e}" for a, m in mses.items()) + ")")
+        return self.workdir / self.smoothing[recipe]["file"]
+
     def nodes(self, recipe: str) -> list[str]:
         """The recipe's quantizable nodes, read from its source once (a GPT-2 graph is 500 MB to load)."""
         if recipe not in self.node_lists:
-            if recipe.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
+            base = recipe.removeprefix(SMOOTH_PREFIX)
+            if base.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
                 found = weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
             else:
-                found = weight_nodes(self.source(recipe), DYNAMIC_OPS if recipe == "dynamic" else STATIC_OPS)
+                found = weight_nodes(self.source(recipe), DYNAMIC_OPS if base == "dynamic" else STATIC_OPS)
             self.node_lists[recipe] = found
         return self.node_lists[recipe]
 
-    def cache(self, recipe: str) -> Path:
-        """The recipe's activation ranges, calibrated once on the unpadded calibration sentences."""
+    def cache(self, recipe: str, src: Path) -> Path:
+        """The activation ranges of ``src`` (the recipe's source), calibrated once on the unpadded calibration
+        sentences."""
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         if recipe not in self.caches:
-            method = recipe.removeprefix("static-")
-            batches = [pad_batch([self.cal_ids[i] for i in idx], self.inputs.pad_id)
-                       for idx in length_sorted_batches(self.cal_ids, self.cfg.batch_size)]
-            ranges = calibrate(self.inputs.fp32, UnpaddedReader(batches, self.inputs.input_names), method,
-                               self.cfg.percentile, self.workdir)
-            path = self.workdir / f"ranges-{method}.json"
+            method = recipe.removeprefix(SMOOTH_PREFIX).removeprefix("static-")
+            ranges = calibrate(src, self._reader(), method, self.cfg.percentile, self.workdir)
+            path = self.workdir / f"ranges-{recipe}.json"
             save_tensors_data(ranges, path)
             self.caches[recipe] = path
         return self.caches[recipe]
 
     def build(self, recipe: str, exclude: Sequence[str], dst: Path) -> None:
-        if recipe == "dynamic":
-            quantize_dynamic_file(self.source(recipe), dst, exclude)
-        elif recipe.startswith("blockwise-"):
-            quantize_blockwise_file(self.source(recipe), dst, int(recipe.removeprefix("blockwise-")), exclude)
+        self.quantize(recipe.removeprefix(SMOOTH_PREFIX), self.source(recipe), exclude, dst, recipe)
+
+    def quantize(self, base: str, src: Path, exclude: Sequence[str], dst: Path, recipe: str | None = None) -> None:
+        """``src`` quantized by the quantizer of ``base`` (a recipe without ``smooth-``) into ``dst``."""
+        if base == "dynamic":
+            quantize_dynamic_file(src, dst, exclude)
+        elif base.startswith("blockwise-"):
+            quantize_blockwise_file(src, dst, int(base.removeprefix("blockwise-")), exclude)
         else:
-            quantize_static_file(self.source(recipe), dst, self.cache(recipe), recipe.removeprefix("static-"),
-                                 self.nodes(recipe), exclude)
+            key = recipe or f"{base}@{src.name}"
+            quantize_static_file(src, dst, self.cache(key, src), base.removeprefix("static-"),
+                                 weight_nodes(src, STATIC_OPS) if recipe is None else self.nodes(recipe), exclude)
 
     def candidate(self, recipe: str, exclude: Sequence[str]) -> Candidate:
         name = recipe + (f"+fp32:{len(exclude)}" if exclude else "")
@@ -432,7 +480,7 @@ class Tuner:
         if len(passing) > 1:  # their order decided in one measurement
             self.time(passing)
         return {"candidates": candidates, "winner": self.choose(passing), "ranking": ranking,
-                "not_searched": skipped}
+                "not_searched": skipped, "smoothing": self.smoothing}
 
     def choose(self, accurate: list[Candidate]) -> Candidate | None:
         """The speed rule: the accurate candidates, fastest at batch 1 first, each timed against fp32 at batch 1 and
@@ -545,6 +593,7 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
                            for c in found["candidates"]],  # NaN (not measured) as null: strict JSON
             "ranking": found["ranking"],
             "not_searched": found["not_searched"],
+            "smoothing": {k: {"alpha": v["alpha"], "logit_mse": v["logit_mse"]} for k, v in found["smoothing"].items()},
             "winner": winner.name if winner else None,
         }
         judged = [c for c in found["candidates"] if c.speed is not None]
