@@ -113,6 +113,8 @@ def test_error_bodies_are_json_and_echo_nothing() -> None:
     r = json_error(400, {"bad": "é", "n": Path("x")}, headers={"X-A": "1"})  # what JSON cannot hold, as text
     assert r.status_code == 400 and r.headers["x-a"] == "1" and r.headers["content-type"] == "application/json"
     assert json.loads(r.body) == {"detail": {"bad": "é", "n": "x"}}
+    lone = json_error(400, "half a pair: \ud800")  # a lone surrogate, which UTF-8 cannot encode
+    assert lone.body == b'{"detail": "half a pair: \\ud800"}' and json.loads(lone.body)["detail"].endswith("\ud800")
 
     class Errors(Exception):
         def errors(self) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import litserve as ls
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from litserve.loops import BatchedLoop
 from pydantic import BaseModel, StrictStr, model_validator
 
@@ -72,14 +72,15 @@ class PredictRequest(BaseModel):
 # --- the HTTP side: every request that is not a valid prediction request gets a 4xx with a JSON ``detail``
 
 
-def json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    """A JSON error that any input can be written into: ASCII-escaped (a lone surrogate from the request stays
-    JSON), and nothing of the request echoed but its error's location."""
-    return JSONResponse(status_code=status, headers=headers,
-                        content=json.loads(json.dumps({"detail": detail}, ensure_ascii=True, default=str)))
+def json_error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error that any input can be written into: the body is written here, ASCII-escaped, so a lone surrogate
+    stays JSON (a JSONResponse would encode it as UTF-8 and fail: a 500), and nothing of the request is echoed but
+    its error's location."""
+    body = json.dumps({"detail": detail}, ensure_ascii=True, default=str)
+    return Response(content=body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+async def invalid_request(request: Request, exc: Exception) -> Response:
     """FastAPI's 422, without the ``input`` and ``ctx`` it echoes: an echo can be megabytes, and can hold what JSON
     cannot write (NaN, a lone surrogate), which made FastAPI's own handler fail with a 500."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
@@ -88,7 +89,7 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return json_error(422, detail)
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+async def internal_error(request: Request, exc: Exception) -> Response:
     """A failure of ours (not of the request) is still a 500, but a JSON one."""
     return json_error(500, "internal server error")
 
