@@ -307,7 +307,13 @@ def plain(value: Any) -> Any:
 
 
 def write_config(path: Path, cfg: Any) -> None:
-    """``cfg`` resolved, as the YAML file ``--config`` reads back."""
+    """``cfg`` resolved (a configuration, or a mapping of them), as the YAML file ``--config`` reads back; written
+    to a temporary name beside it, then renamed."""
+    import os
+
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)

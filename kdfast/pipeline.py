@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -38,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kdfast.configs import DEVICE, MINILM, REPORT_TO_HELP, DataOptions, report_to_check
 from kdfast.errors import KdfastError, require
 from kdfast.models import resolve_model
-from kdfast.options import CONFIG_FILE, coerce, instantiate, option, plain
+from kdfast.options import CONFIG_FILE, coerce, instantiate, option, plain, write_config
 from kdfast.runs import read_json, write_json
 
 STATE_FILE = "pipeline.json"
@@ -143,15 +142,6 @@ def resolved_config(cfg: PipelineConfig, stages: list[Stage]) -> dict[str, Any]:
     return out
 
 
-def write_resolved_config(path: Path, cfg: PipelineConfig, stages: list[Stage]) -> None:
-    import yaml
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(resolved_config(cfg, stages), sort_keys=False, allow_unicode=True),
-                   encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @dataclass
 class Stage:
     name: str
@@ -245,7 +235,7 @@ def run(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stages = build_stages(cfg)
     if master:
-        write_resolved_config(out / CONFIG_FILE, cfg, stages)  # what --config reads back: this pipeline again
+        write_config(out / CONFIG_FILE, resolved_config(cfg, stages))  # what --config reads back: this pipeline
     state = read_state(out)
     ran: list[str] = []
     skipped: list[str] = []
