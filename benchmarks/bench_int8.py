@@ -370,7 +370,7 @@ def main() -> None:
     parser.add_argument("--retime", type=Path, help="Time again the models of this results JSON, nothing else.")
     parser.add_argument("--candidates", type=Path, help="With --retime: the folder holding its candidates.")
     parser.add_argument("--stem", help="Results file name (default int8-minilm / int8-gpt2).")
-    parser.add_argument("--recipes", help="The tuner's recipes, comma-separated (default: all).")
+    parser.add_argument("--recipes", help="The tuner's recipes, comma-separated (default: its defaults).")
     parser.add_argument("--max-fp32-nodes", type=int, help="The tuner's fallback limit (0: no fallback search).")
     parser.add_argument("--remedies", default="", help="Issue 25's remedies built beside them, comma-separated "
                         "[smoothNN-]BASE[-opt] (RemedyTuner), judged by the same rule and timed in the same run.")
@@ -415,8 +415,9 @@ def main() -> None:
         if not (folder / MODEL_FILES["optimized"]).exists():
             export_onnx(source, folder / MODEL_FILES["fp32"], 17)
             optimize(folder / MODEL_FILES["fp32"], folder / MODEL_FILES["optimized"], source)
-        jobs.append(("gpt2-124m-random", folder, source, Int8Config(held_out=args.gpt2_held_out, calibration=100),
-                     False, args.gpt2_dev))
+        jobs.append(("gpt2-124m-random", folder, source, Int8Config(
+            held_out=args.gpt2_held_out, calibration=100,
+            **({"recipes": tuple(args.recipes.split(","))} if args.recipes else {})), False, args.gpt2_dev))
     for name, folder, source, cfg, ranked, dev_sentences in jobs:
         inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
                             encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)

@@ -179,7 +179,7 @@ def test_bert_teacher_exports_and_optimizes(tmp_path: Path, cola_dir: Path) -> N
     assert manifest["optimizer"]["fused"]["Attention"] == 2  # ORT's own fusion, on the eager-attention graph
     assert manifest["source_run"]["preprocessing"]["pad_id"] == tokenizer.pad_token_id == 0
     built = {c["name"]: c["error"] for c in manifest["int8"]["candidates"]}
-    assert {"dynamic", "blockwise-64", "blockwise-32", "static-minmax"} <= set(built) and not any(built.values())
+    assert {"dynamic", "pertoken", "blockwise-64", "blockwise-32"} <= set(built) and not any(built.values())
 
 
 # --- Triton

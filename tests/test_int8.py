@@ -636,7 +636,7 @@ def test_export_writes_nothing_when_no_accurate_candidate_is_faster_than_fp32(
     from kdfast.cli.output import console
 
     monkeypatch.setattr(console, "width", 200)
-    names = ["fp32", "dynamic", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile"]
+    names = ["fp32", *RECIPES]
     ms = {n: (10.0, 100.0) if n == "fp32" else (20.0, 125.0) for n in names}  # 0.5x and 0.8x
     ms["blockwise-32"] = (12.5, 110.0)  # 0.8x and ~0.91x: the best of the slow ones
     monkeypatch.setattr(int8_module, "p50_ms", fake_p50(ms))

@@ -11,8 +11,8 @@ It is written here (the loop is short) rather than imported: INC 3's ONNX suppor
 ``onnx-neural-compressor`` (1.0, validated with onnxruntime 1.18), and what matters here, calibrating on
 unpadded tokens, judging on held-out training sentences and timing on this machine, is ours to decide anyway.
 
-Candidates (``RECIPES``; the quantizers are in :mod:`kdfast.export.quantize`), each optionally with its k most
-sensitive nodes kept fp32 (``+fp32:k``):
+Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export.quantize` and
+:mod:`kdfast.export.pertoken`), each optionally with its k most sensitive nodes kept fp32 (``+fp32:k``):
 
 - ``dynamic``: int8 weights per output channel, activations scaled per call over the whole batch, on the optimized
   model when there is one: what ``--int8`` did before.
@@ -20,7 +20,15 @@ sensitive nodes kept fp32 (``+fp32:k``):
   each token (``MatMulNBits``, int8 compute), on the plain fp32 graph with its Gemms written as MatMuls. On the
   10-epoch MiniLM CoLA teacher it keeps 99.3-99.6% of dev labels where dynamic keeps 96.4%, at about 1.8-2x fp32's
   batch-1 speed to dynamic's 2.5x (benchmarks/bench_int8.py). Embedding tables stay fp32.
-- ``static-minmax`` / ``static-percentile``: QDQ, int8 weights per channel and uint8 activations whose ranges are
+- ``pertoken``: int8 activations with a scale per token, computed at run time, times int8 weights per output
+  channel rounded by GPTQ (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's
+  integer kernel, so nearly its speed (about 2.1x fp32 at batch 1, 1.4-1.5x at batch 32 on the MiniLM teacher), and a
+  sentence's answer no longer depends on its batch-mates; 98.7% of the tuning labels as it is (dynamic: 95.6%), so
+  its fallbacks keep the most sensitive products fp32 (nine on the 10-epoch MiniLM teacher, 1.5x / 1.35x fp32:
+  docs/export.md).
+- ``static-minmax`` / ``static-percentile`` (not among the defaults, ``INT8_DEFAULT_RECIPES``: never within the
+  rule on the MiniLM teachers, 88-92% agreement, and their rankings took two of the five minutes): QDQ, int8 weights
+  per channel and uint8 activations whose ranges are
   calibrated once on training sentences (min/max, or the 99.999th percentile of |x|). Only weight products
   (MatMul/Gemm with an initializer) are quantized, on the plain fp32 graph: QDQ has no form for the optimizer's
   fused ``Attention``, whose projections would stay fp32. Ranges are fixed, so the labels no longer depend on how
@@ -84,10 +92,11 @@ from typing import Any
 import numpy as np
 
 from kdfast.batching import length_sorted_batches, pad_batch
-from kdfast.configs import INT8_RECIPES as RECIPES  # noqa: F401  (re-exported)
+from kdfast.configs import INT8_DEFAULT_RECIPES as RECIPES  # noqa: F401  (re-exported)
 from kdfast.configs import Int8Config
 from kdfast.data import Example
 from kdfast.errors import KdfastError
+from kdfast.export.pertoken import input_moments, quantize_pertoken_file
 from kdfast.export.quantize import (
     BLOCKWISE_OPS,
     DYNAMIC_OPS,
@@ -304,19 +313,21 @@ class Tuner:
         self.node_lists: dict[str, list[str]] = {}
         self.smoothing: dict[str, dict[str, Any]] = {}  # smooth-R -> the alpha chosen, each alpha's logit MSE
         self.absmax: dict[str, np.ndarray] = {}  # source file -> its activations' per-channel max |x|
+        self.moments: dict[str, dict[str, np.ndarray]] = {}  # source file -> its products' input X^T X (pertoken)
+        self.codes: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # pertoken's GPTQ codes, per weight
         self.files: dict[str, Path] = {}
 
     # building
 
     def source(self, recipe: str) -> Path:
-        """The fp32 file a recipe quantizes: dynamic the optimized model when there is one, blockwise the plain
-        graph with its Gemms as MatMuls (written once here), static the plain graph; ``smooth-R`` R's source after
-        SmoothQuant with the alpha :meth:`smoothed` chose for R."""
+        """The fp32 file a recipe quantizes: dynamic the optimized model when there is one, blockwise (and pertoken)
+        the plain graph with its Gemms as MatMuls (written once here), static the plain graph; ``smooth-R`` R's
+        source after SmoothQuant with the alpha :meth:`smoothed` chose for R."""
         if recipe.startswith(SMOOTH_PREFIX):
             return self.smoothed(recipe)
         if recipe == "dynamic":
             return self.inputs.base
-        if recipe.startswith("blockwise-"):
+        if recipe.startswith("blockwise-") or recipe == "pertoken":
             path = self.workdir / "matmul.onnx"
             if not path.exists():
                 gemm_as_matmul(self.inputs.fp32, path)
@@ -357,7 +368,7 @@ class Tuner:
         """The recipe's quantizable nodes, read from its source once (a GPT-2 graph is 500 MB to load)."""
         if recipe not in self.node_lists:
             base = recipe.removeprefix(SMOOTH_PREFIX)
-            if base.startswith("blockwise-"):  # MatMulNBits takes a 2-D constant as the second input only
+            if base.startswith("blockwise-") or base == "pertoken":  # a 2-D constant as the second input only
                 found = weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
             else:
                 found = weight_nodes(self.source(recipe), DYNAMIC_OPS if base == "dynamic" else STATIC_OPS)
@@ -386,6 +397,10 @@ class Tuner:
             quantize_dynamic_file(src, dst, exclude)
         elif base.startswith("blockwise-"):
             quantize_blockwise_file(src, dst, int(base.removeprefix("blockwise-")), exclude)
+        elif base == "pertoken":
+            if src.name not in self.moments:
+                self.moments[src.name] = input_moments(src, self._reader())
+            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes)
         else:
             key = recipe or f"{base}@{src.name}"
             quantize_static_file(src, dst, self.cache(key, src), base.removeprefix("static-"),
@@ -393,7 +408,7 @@ class Tuner:
 
     def candidate(self, recipe: str, exclude: Sequence[str]) -> Candidate:
         name = recipe + (f"+fp32:{len(exclude)}" if exclude else "")
-        source = self.inputs.fp32 if recipe.startswith("blockwise-") else self.source(recipe)
+        source = self.inputs.fp32 if recipe.startswith("blockwise-") or recipe == "pertoken" else self.source(recipe)
         c = Candidate(name=name, recipe=recipe, source=source.name, kept_fp32=list(exclude))
         dst = self.workdir / f"{name.replace(':', '-').replace('+', '_')}.onnx"
         try:

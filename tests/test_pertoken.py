@@ -1,0 +1,152 @@
+"""kdfast.export.pertoken: per-token int8 equals its numpy reference, GPTQ beats plain rounding where inputs are
+correlated (and is plain rounding where they are not), and a sentence's answer does not depend on its batch-mates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kdfast.batching import pad_batch
+from kdfast.export.int8 import session
+from kdfast.export.pertoken import ZERO_POINT, gptq_int8, input_moments, quantize_pertoken_file
+from kdfast.export.quantize import UnpaddedReader, gemm_as_matmul, quantize_dynamic_file, weight_nodes
+
+
+def one_product(path: Path, w: np.ndarray, shared: int = 1) -> None:
+    """y_i = x @ w_i for ``shared`` copies of w reading one input x of shape (B, T, K)."""
+    k, n = w.shape
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(shared)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", k])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["B", "T", n])
+                               for i in range(shared)],
+                              [numpy_helper.from_array(w, f"w{i}") for i in range(shared)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per-token symmetric int8 activations times per-column int8 weights, in numpy, step by step as documented."""
+    x = x.astype(np.float32)
+    scale = np.maximum(np.maximum(x.max(-1, keepdims=True) * np.float32(1 / 127),
+                                  x.min(-1, keepdims=True) * np.float32(-1 / 128)), np.float32(1e-12))
+    q = np.clip(np.round(x / scale) + ZERO_POINT, 0, 255).astype(np.int64) - ZERO_POINT  # half to even, like ORT
+    wscale = (np.abs(w).max(0) / 127).astype(np.float32)
+    codes = np.clip(np.round(w / wscale), -127, 127).astype(np.int64)
+    return (q @ codes).astype(np.float32) * wscale * scale
+
+
+def test_pertoken_equals_its_reference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    x = rng.normal(size=(3, 5, 64)).astype(np.float32)
+    x[0, 1, 7] = 40.0  # one outlier: it coarsens its own token's scale only
+    x[2, 4] = 0.0  # an all-zero token stays zero
+    x[1, 2] = np.abs(x[1, 2])  # a one-signed token
+    one_product(tmp_path / "fp32.onnx", w, shared=2)
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None) == 2
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("QuantizeLinear") == 1  # x quantized once for both
+    y0, y1 = session(tmp_path / "int8.onnx").run(["y0", "y1"], {"x": x})
+    want = reference(x, w)
+    np.testing.assert_allclose(y0, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y0, y1)
+    assert np.all(y0[2, 4] == 0)
+    exact = x @ w  # and int8 is close to fp32, token by token, the outlier's token included
+    err = np.abs(y0 - exact).max(-1) / np.abs(exact).max(-1).clip(1e-6)
+    assert err[np.abs(exact).max(-1) > 0].max() < 0.05
+
+
+def test_excluded_products_stay_fp32(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(32, 16)).astype(np.float32)
+    one_product(tmp_path / "fp32.onnx", w, shared=2)
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", ["mm1"], None) == 1
+    x = rng.normal(size=(2, 3, 32)).astype(np.float32)
+    y0, y1 = session(tmp_path / "int8.onnx").run(["y0", "y1"], {"x": x})
+    np.testing.assert_allclose(y1, x @ w, rtol=1e-5, atol=1e-5)  # fp32, exactly the product
+    np.testing.assert_allclose(y0, reference(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_is_plain_rounding_for_uncorrelated_inputs_and_beats_it_for_correlated_ones() -> None:
+    rng = np.random.default_rng(2)
+    k, n = 96, 40
+    w = rng.normal(size=(k, n))
+    plain_codes, plain_scale = gptq_int8(w, np.eye(k), damp=0.0)
+    np.testing.assert_array_equal(plain_codes, np.clip(np.round(w / (np.abs(w).max(0) / 127)), -127, 127))
+    np.testing.assert_allclose(plain_scale, np.abs(w).max(0) / 127, rtol=1e-6)
+    # inputs with a few strong shared directions, as a transformer's hidden states have
+    x = rng.normal(size=(4000, 8)) @ rng.normal(size=(8, k)) + 0.1 * rng.normal(size=(4000, k))
+    codes, scale = gptq_int8(w, x.T @ x)
+    assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= 127
+    np.testing.assert_allclose(scale, plain_scale, rtol=1e-6)  # the same grid: only the rounding differs
+
+    def output_error(c: np.ndarray, s: np.ndarray) -> float:
+        return float(np.square(x @ w - x @ (c * s)).mean())
+
+    assert output_error(codes, scale) < 0.5 * output_error(plain_codes, plain_scale)
+
+
+def test_input_moments_are_of_real_tokens_only(tmp_path: Path) -> None:
+    """X^T X summed over unpadded sentences: a padded position never enters GPTQ's weighting."""
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(20, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["logits"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 4])],
+                              [numpy_helper.from_array(emb, "table"), numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    rows = [[1, 2, 3], [4, 5], [6]]
+    reader = UnpaddedReader([pad_batch(rows, 0)], ["input_ids"])
+    h = input_moments(tmp_path / "m.onnx", reader)["h"]
+    tokens = emb[[t for r in rows for t in r]].astype(np.float64)
+    np.testing.assert_allclose(h, tokens.T @ tokens, rtol=1e-6)
+
+
+@pytest.fixture()
+def teacher_int8(teacher_run: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    from kdfast.export.onnx import ExportConfig, run
+
+    out = tmp_path / "onnx"
+    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
+    gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
+    quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
+    quantize_dynamic_file(out / "model.onnx", tmp_path / "dynamic.onnx", exclude=[])
+    return out / "model.onnx", tmp_path / "pertoken.onnx", tmp_path / "dynamic.onnx"
+
+
+def test_pertoken_answers_do_not_depend_on_batch_mates(teacher_int8: tuple[Path, Path, Path],
+                                                       teacher_run: Path) -> None:
+    """Every token has its own scale, so a sentence gets the same logits alone and padded beside longer sentences;
+    dynamic int8's one scale per call depends on the batch (the contrast shows the check can fail). The tiny GPT-2
+    teacher, every product (Conv1D included, as MatMul) quantized."""
+    import json
+
+    fp32, pertoken, dynamic = teacher_int8
+    pad_id = json.loads((fp32.parent / "manifest.json").read_text())["source_run"]["preprocessing"]["pad_id"]
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(1, 1000, n).tolist() for n in (5, 9, 17, 33, 4, 12)]
+    ids, mask = pad_batch(rows, pad_id)
+
+    def alone_and_batched(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        sess = session(path)
+        alone = np.concatenate([sess.run(["logits"], {"input_ids": np.array([r]),
+                                                      "attention_mask": np.ones((1, len(r)), np.int64)})[0]
+                                for r in rows])
+        return alone, sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+    ops: list[Any] = [n.op_type for n in onnx.load(str(pertoken)).graph.node]
+    products = weight_nodes(pertoken.parent / "matmul.onnx", ("MatMul",), weight_input=1)
+    assert products and ops.count("MatMulIntegerToFloat") == len(products)  # attention's own products stay fp32
+    want, _ = alone_and_batched(fp32)
+    alone, batched = alone_and_batched(pertoken)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    assert np.abs(alone - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close to fp32, not equal
+    alone, batched = alone_and_batched(dynamic)
+    assert np.abs(batched - alone).max() > 1e-3
