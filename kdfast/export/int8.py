@@ -24,8 +24,8 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   channel rounded by GPTQ (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's
   integer kernel, so nearly its speed (about 2.1x fp32 at batch 1, 1.4-1.5x at batch 32 on the MiniLM teacher), and a
   sentence's answer no longer depends on its batch-mates; 98.7% of the tuning labels as it is (dynamic: 95.6%), so
-  its fallbacks keep the most sensitive products fp32 (nine on the 10-epoch MiniLM teacher, 1.5x / 1.35x fp32:
-  docs/export.md).
+  its fallbacks keep the most sensitive products fp32 (9 of 38 on the 10-epoch MiniLM teacher: 1.61x / 1.37x
+  fp32; 19 on the 5-epoch one: 1.35x / 1.20x; docs/export.md).
 - ``static-minmax`` / ``static-percentile`` (not among the defaults, ``INT8_DEFAULT_RECIPES``: never within the
   rule on the MiniLM teachers, 88-92% agreement, and their rankings took two of the five minutes): QDQ, int8 weights
   per channel and uint8 activations whose ranges are
