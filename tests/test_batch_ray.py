@@ -26,7 +26,7 @@ if os.environ.get("KDFAST_RAY_TESTS") == "0":
 ray = pytest.importorskip("ray")
 
 from kdfast.batch.columnar import predict_file  # noqa: E402
-from kdfast.batch.ray_engine import ScoreBatches, predict_dataset  # noqa: E402
+from kdfast.batch.ray_engine import RAY_INIT, ScoreBatches, predict_dataset  # noqa: E402
 from kdfast.serve.predict import Classifier  # noqa: E402
 
 ROWS = 600
@@ -59,7 +59,7 @@ def cluster() -> Iterator[str]:
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
         c.add_node(num_cpus=2)
         c.wait_for_nodes()
-        ray.init(address=c.address, logging_level="ERROR")
+        ray.init(address=c.address, **RAY_INIT)  # as the CLI joins a cluster (the CLI runs in this process)
     try:
         yield c.address
     finally:

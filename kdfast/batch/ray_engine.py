@@ -85,6 +85,13 @@ def predict_dataset(ds: ray.data.Dataset, run_dir: str | Path, runtime: str = "a
     )
 
 
+# How kdfast joins Ray. The workers' own logs stay in Ray's session folder (/tmp/ray/session_latest/logs) instead of
+# this terminal: when a run stops on a bad row, Ray Data's file-listing actor, interrupted by the shutdown, logs a
+# traceback of its own that is not the user's error; the actor's exception itself comes back through
+# ``raise_original_map_exception`` (below) as one error line.
+RAY_INIT: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
+
+
 def local_cpus(workers: int, threads: int | None) -> int:
     """Logical CPUs for a Ray started here: the machine's, or the actors' if more, and one more for Ray Data's read
     and write tasks, which would otherwise wait for a CPU that the actors hold for the whole run."""
@@ -104,12 +111,11 @@ def init_ray(address: str | None, num_cpus: int | None = None, progress: bool = 
     ctx.raise_original_map_exception = True
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True, "configure_logging": True}
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **RAY_INIT)
         else:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **RAY_INIT)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise KdfastError(f"--address {address}: cannot reach Ray ({str(e).splitlines()[0]})") from None
     return True
