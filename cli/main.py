@@ -4,8 +4,12 @@ mistake (a ``KdfastError`` or a bad flag) into one ``error: ...`` line and a non
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from types import FrameType
+from typing import Any
 
 import typer
 
@@ -51,14 +55,60 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in the command's own process, raised where it landed so that the run unwinds as after Ctrl-C:
+    staged writes are removed, nothing half-written is left (``kdfast serve`` installs its own handler)."""
+
+
+_stopped: list[int] = []  # the signal that stopped this run: Typer turns the KeyboardInterrupt into exit code 130
+
+
+def _stop_on_signals(main_pid: int) -> dict[int, Any]:
+    """SIGINT and SIGTERM recorded, then raised as KeyboardInterrupt (Terminated) in the main process; returns the
+    handlers they replaced. A forked child (a data-loader worker) keeps the old behaviour; a second SIGTERM ends the
+    process at once. Nothing is installed off the main thread or where the caller ignores the signal."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != main_pid:
+            if signum == signal.SIGTERM:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            raise KeyboardInterrupt
+        _stopped.append(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(signum) == default:
+            previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _stopped_by_signal() -> None:
+    """One error line for the signal that stopped the run, and its exit code (128 + the signal: 130, 143). A rank
+    that torchrun stopped for another's failure says nothing: that failure was said where it happened."""
+    signum = _stopped[0]
+    code = 128 + signum
+    if signum == signal.SIGTERM and "TORCHELASTIC_RUN_ID" in os.environ:
+        sys.exit(code)
+    _fail("error: terminated" if signum == signal.SIGTERM else "error: interrupted", code)
+
+
 def main() -> None:
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone prints
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    _stopped.clear()
+    previous = _stop_on_signals(os.getpid())
     try:
         code = app(standalone_mode=False)
     except KdfastError as e:
         _fail(f"error: {e}", 2)
-    except _ABORTS:
+    except _ABORTS:  # Typers that let the KeyboardInterrupt through
+        if _stopped:
+            _stopped_by_signal()
         _fail("error: interrupted", 130)
     except _CLI_ERRORS as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
@@ -67,4 +117,9 @@ def main() -> None:
         if type(e).__name__ != "OutOfMemoryError":
             raise
         _fail(f"error: out of memory ({first_line(e)}); try a smaller --batch-size, or --grad-accum", 1)
+    finally:
+        for signum, handler in previous.items():  # main() run in-process (tests) leaves the caller's handlers
+            signal.signal(signum, handler)
+    if _stopped:
+        _stopped_by_signal()
     sys.exit(code if isinstance(code, int) else 0)

@@ -40,3 +40,39 @@ def test_a_mistake_is_one_error_line(args: list[str], message: str, tmp_path: Pa
     assert code == 2
     assert_one_error_line(err, message)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("signame", "message"), [("SIGTERM", "error: terminated"), ("SIGINT", "error: interrupted")])
+def test_a_signal_is_one_error_line_and_leaves_nothing(signame: str, message: str, tmp_path: Path, tiny_gpt2: Path,
+                                                       cola_dir: Path) -> None:
+    """``kill PID`` or Ctrl-C during a run (here inside the save of its run folder, where tests/ddp_interrupt.py
+    waits): one error line, exit 128 + the signal, no traceback, and neither the run folder nor its staging folder
+    left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    signum = getattr(signal, signame)
+
+    here = Path(__file__).parent
+    out, saving = tmp_path / "runs" / "t", tmp_path / "saving"
+    job = subprocess.Popen([sys.executable, str(here / "ddp_interrupt.py"), "train", "lora", "--model", str(tiny_gpt2),
+                            "--data", str(cola_dir), "--out", str(out), "--epochs", "1", "--max-train-samples", "16",
+                            "--batch-size", "8", "--device", "cpu"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "KDFAST_TEST_SAVING": str(saving), "KDFAST_NO_PROGRESS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not saving.exists():  # a hang guard, not a speed check
+            assert job.poll() is None, job.stderr.read()[-2000:] if job.stderr else ""
+            assert time.monotonic() < deadline, "the run never reached its save"
+            time.sleep(0.2)
+        job.send_signal(signum)
+        _, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 128 + signum, err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [message], err
+    assert not list(out.parent.iterdir())  # neither the run folder nor its hidden staging folder
