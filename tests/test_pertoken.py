@@ -17,7 +17,7 @@ from kdfast.export.pertoken import ZERO_POINT, gptq_int8, input_moments, quantiz
 from kdfast.export.quantize import UnpaddedReader, gemm_as_matmul, quantize_dynamic_file, weight_nodes
 
 
-def one_product(path: Path, w: np.ndarray, shared: int = 1) -> None:
+def one_product(path: Path, w: np.ndarray, shared: int = 1, opset: int = 17) -> None:
     """y_i = x @ w_i for ``shared`` copies of w reading one input x of shape (B, T, K)."""
     k, n = w.shape
     nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(shared)]
@@ -25,7 +25,7 @@ def one_product(path: Path, w: np.ndarray, shared: int = 1) -> None:
                               [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["B", "T", n])
                                for i in range(shared)],
                               [numpy_helper.from_array(w, f"w{i}") for i in range(shared)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
 
 
 def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -39,14 +39,15 @@ def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return (q @ codes).astype(np.float32) * wscale * scale
 
 
-def test_pertoken_equals_its_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMax's axes: an attribute, then an input
+def test_pertoken_equals_its_reference(opset: int, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 48)).astype(np.float32)
     x = rng.normal(size=(3, 5, 64)).astype(np.float32)
     x[0, 1, 7] = 40.0  # one outlier: it coarsens its own token's scale only
     x[2, 4] = 0.0  # an all-zero token stays zero
     x[1, 2] = np.abs(x[1, 2])  # a one-signed token
-    one_product(tmp_path / "fp32.onnx", w, shared=2)
+    one_product(tmp_path / "fp32.onnx", w, shared=2, opset=opset)
     assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None) == 2
     model = onnx.load(str(tmp_path / "int8.onnx"))
     ops = [n.op_type for n in model.graph.node]

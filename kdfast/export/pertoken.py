@@ -129,14 +129,23 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
         ("pertoken_eps", 1e-12, np.float32), ("pertoken_one", 1.0, np.float32),
         ("pertoken_hi", 1 / 127, np.float32), ("pertoken_lo", -1 / 128, np.float32),
         ("pertoken_zp", ZERO_POINT, np.uint8), ("pertoken_wzp", 0, np.int8))]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    if opset >= 18:  # ReduceMax/ReduceMin take their axes as an input from opset 18 on
+        consts.append(numpy_helper.from_array(np.array([-1], np.int64), "pertoken_axes"))
+
+    def reduce(op: str, x: str, y: str) -> Any:
+        if opset >= 18:
+            return helper.make_node(op, [x, "pertoken_axes"], [y], name=y, keepdims=1)
+        return helper.make_node(op, [x], [y], name=y, axes=[-1], keepdims=1)
+
     after: dict[str, list[Any]] = {}  # activation -> the nodes quantizing it, placed right after its producer
     replaced: dict[str, list[Any]] = {}  # product's name -> the nodes computing it
     memo = {} if memo is None else memo
     for act, nodes in groups.items():
         p = f"{act}_pertoken"
         after[act] = [
-            helper.make_node("ReduceMax", [act], [f"{p}_max"], name=f"{p}_max", axes=[-1], keepdims=1),
-            helper.make_node("ReduceMin", [act], [f"{p}_min"], name=f"{p}_min", axes=[-1], keepdims=1),
+            reduce("ReduceMax", act, f"{p}_max"),
+            reduce("ReduceMin", act, f"{p}_min"),
             helper.make_node("Mul", [f"{p}_max", "pertoken_hi"], [f"{p}_hi"], name=f"{p}_hi"),
             helper.make_node("Mul", [f"{p}_min", "pertoken_lo"], [f"{p}_lo"], name=f"{p}_lo"),
             helper.make_node("Max", [f"{p}_hi", f"{p}_lo", "pertoken_eps"], [f"{p}_scale"], name=f"{p}_scale"),
