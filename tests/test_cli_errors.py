@@ -42,6 +42,15 @@ def test_a_mistake_is_one_error_line(args: list[str], message: str, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a terminal gives them. A test run started in the background by a shell
+    without job control inherits SIGINT ignored, and a command respects an ignored signal (nohup's contract)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("signame", "message"), [("SIGTERM", "error: terminated"), ("SIGINT", "error: interrupted")])
 def test_a_signal_is_one_error_line_and_leaves_nothing(signame: str, message: str, tmp_path: Path, tiny_gpt2: Path,
                                                        cola_dir: Path) -> None:
@@ -62,7 +71,8 @@ def test_a_signal_is_one_error_line_and_leaves_nothing(signame: str, message: st
                             "--data", str(cola_dir), "--out", str(out), "--epochs", "1", "--max-train-samples", "16",
                             "--batch-size", "8", "--device", "cpu"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "KDFAST_TEST_SAVING": str(saving), "KDFAST_NO_PROGRESS": "1"})
+                           env={**os.environ, "KDFAST_TEST_SAVING": str(saving), "KDFAST_NO_PROGRESS": "1"},
+                           preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 300
         while not saving.exists():  # a hang guard, not a speed check
