@@ -359,15 +359,23 @@ def test_gemm_as_matmul_is_the_same_model(teacher_run: Path, tmp_path: Path) -> 
     assert np.abs(blockwise - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close, not equal
 
 
-def test_blockwise_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    """Blockwise int8 scales each token's activations alone, so a sentence gets the same logits alone and padded in
-    a batch beside longer sentences; dynamic int8's one scale per call is set by the whole batch (the contrast shows
-    the check can fail)."""
+def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Blockwise and per-token int8 scale each token's activations alone, so a sentence gets the same logits alone
+    and padded in a batch beside longer sentences; dynamic int8's one scale per call is set by the whole batch (the
+    contrast shows the check can fail). The tiny GPT-2 teacher, every weight product (Conv1D too, as MatMul)
+    quantized; attention's own products read no constant and stay fp32."""
+    import onnx
+
+    from kdfast.export.pertoken import quantize_pertoken_file
     from kdfast.export.quantize import quantize_dynamic_file
 
     out, manifest = tuned
     gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
     quantize_blockwise_file(tmp_path / "matmul.onnx", tmp_path / "blockwise.onnx", 32, exclude=[])
+    quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
+    products = weight_nodes(tmp_path / "matmul.onnx", ("MatMul",), weight_input=1)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "pertoken.onnx")).graph.node]
+    assert products and ops.count("MatMulIntegerToFloat") == len(products)
     quantize_dynamic_file(out / "model.onnx", tmp_path / "dynamic.onnx", exclude=[])
     rng = np.random.default_rng(1)
     rows = [rng.integers(1, 1000, n).tolist() for n in (5, 9, 17, 33, 4, 12)]
@@ -380,10 +388,12 @@ def test_blockwise_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
                                 for r in rows])
         return alone, sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
 
-    alone, batched = alone_and_batched(out / "model.onnx")  # fp32: padding changes nothing
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
-    alone, batched = alone_and_batched(tmp_path / "blockwise.onnx")
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    want, batched = alone_and_batched(out / "model.onnx")  # fp32: padding changes nothing
+    np.testing.assert_allclose(batched, want, rtol=0, atol=1e-5)
+    for name in ("blockwise", "pertoken"):
+        alone, batched = alone_and_batched(tmp_path / f"{name}.onnx")
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5, err_msg=name)
+        assert np.abs(alone - want).max() < 0.05 * np.abs(want).max() + 1e-3, name  # int8: close to fp32
     alone, batched = alone_and_batched(tmp_path / "dynamic.onnx")
     assert np.abs(batched - alone).max() > 1e-3
 

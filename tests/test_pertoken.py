@@ -1,10 +1,10 @@
 """kdfast.export.pertoken: per-token int8 equals its numpy reference, GPTQ beats plain rounding where inputs are
-correlated (and is plain rounding where they are not), and a sentence's answer does not depend on its batch-mates."""
+correlated (and is plain rounding where they are not); that a sentence's answer does not depend on its batch-mates is
+tested with blockwise's in tests/test_int8.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from kdfast.batching import pad_batch
 from kdfast.export.int8 import session
 from kdfast.export.pertoken import ZERO_POINT, gptq_int8, input_moments, quantize_pertoken_file
-from kdfast.export.quantize import UnpaddedReader, gemm_as_matmul, quantize_dynamic_file, weight_nodes
+from kdfast.export.quantize import UnpaddedReader
 
 
 def one_product(path: Path, w: np.ndarray, shared: int = 1, opset: int = 17) -> None:
@@ -108,46 +108,3 @@ def test_input_moments_are_of_real_tokens_only(tmp_path: Path) -> None:
     h = input_moments(tmp_path / "m.onnx", reader)["h"]
     tokens = emb[[t for r in rows for t in r]].astype(np.float64)
     np.testing.assert_allclose(h, tokens.T @ tokens, rtol=1e-6)
-
-
-@pytest.fixture()
-def teacher_int8(teacher_run: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
-    from kdfast.export.onnx import ExportConfig, run
-
-    out = tmp_path / "onnx"
-    run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
-    gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
-    quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
-    quantize_dynamic_file(out / "model.onnx", tmp_path / "dynamic.onnx", exclude=[])
-    return out / "model.onnx", tmp_path / "pertoken.onnx", tmp_path / "dynamic.onnx"
-
-
-def test_pertoken_answers_do_not_depend_on_batch_mates(teacher_int8: tuple[Path, Path, Path],
-                                                       teacher_run: Path) -> None:
-    """Every token has its own scale, so a sentence gets the same logits alone and padded beside longer sentences;
-    dynamic int8's one scale per call depends on the batch (the contrast shows the check can fail). The tiny GPT-2
-    teacher, every product (Conv1D included, as MatMul) quantized."""
-    import json
-
-    fp32, pertoken, dynamic = teacher_int8
-    pad_id = json.loads((fp32.parent / "manifest.json").read_text())["source_run"]["preprocessing"]["pad_id"]
-    rng = np.random.default_rng(1)
-    rows = [rng.integers(1, 1000, n).tolist() for n in (5, 9, 17, 33, 4, 12)]
-    ids, mask = pad_batch(rows, pad_id)
-
-    def alone_and_batched(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        sess = session(path)
-        alone = np.concatenate([sess.run(["logits"], {"input_ids": np.array([r]),
-                                                      "attention_mask": np.ones((1, len(r)), np.int64)})[0]
-                                for r in rows])
-        return alone, sess.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-
-    ops: list[Any] = [n.op_type for n in onnx.load(str(pertoken)).graph.node]
-    products = weight_nodes(pertoken.parent / "matmul.onnx", ("MatMul",), weight_input=1)
-    assert products and ops.count("MatMulIntegerToFloat") == len(products)  # attention's own products stay fp32
-    want, _ = alone_and_batched(fp32)
-    alone, batched = alone_and_batched(pertoken)
-    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
-    assert np.abs(alone - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close to fp32, not equal
-    alone, batched = alone_and_batched(dynamic)
-    assert np.abs(batched - alone).max() > 1e-3

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdfast.export.quantize import UnpaddedReader
+from kdfast.export.quantize import UnpaddedReader, probe
 
 ZERO_POINT = 128  # uint8 activations centred: symmetric int8 in the form MLAS's u8 x s8 kernel takes
 GPTQ_DAMP = 0.01  # share of H's mean diagonal added to it (GPTQ's dampening)
@@ -62,16 +62,10 @@ def input_moments(model_path: Path, reader: UnpaddedReader) -> dict[str, np.ndar
     """``H = X^T X`` (float64, K x K) of every weight product's input over ``reader``'s sentences, each fed alone and
     unpadded: what GPTQ weighs rounding errors by."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(model_path))
     acts = sorted(weight_products(model))
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(a) for a in acts if a not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor by its name
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess = probe(model, acts)
     moments: dict[str, torch.Tensor] = {}
     reader.rewind()
     while (feeds := reader.get_next()) is not None:

@@ -255,20 +255,25 @@ def smooth_groups(model: Any) -> dict[str, list[Any]]:
     return groups
 
 
-def activation_absmax(model_path: Path, tensors: Sequence[str], reader: UnpaddedReader) -> dict[str, np.ndarray]:
-    """Per-channel (last axis) max |x| of ``tensors`` over ``reader``'s sentences, each fed alone and unpadded."""
+def probe(model: Any, tensors: Sequence[str]) -> Any:
+    """An ONNX Runtime session of ``model`` (loaded) that also outputs the inner ``tensors``, graph optimizations off
+    so that every tensor keeps its name."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
     known = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in known:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in known)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor by its name
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def activation_absmax(model_path: Path, tensors: Sequence[str], reader: UnpaddedReader) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |x| of ``tensors`` over ``reader``'s sentences, each fed alone and unpadded."""
+    import onnx
+
+    sess = probe(onnx.load(str(model_path)), tensors)
     out: dict[str, np.ndarray] = {}
     reader.rewind()
     while (feeds := reader.get_next()) is not None:
