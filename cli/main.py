@@ -55,16 +55,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM in the command's own process, raised where it landed so that the run unwinds as after Ctrl-C:
-    staged writes are removed, nothing half-written is left (``kdfast serve`` installs its own handler)."""
-
-
 _stopped: list[int] = []  # the signal that stopped this run: Typer turns the KeyboardInterrupt into exit code 130
 
 
 def _stop_on_signals(main_pid: int) -> dict[int, Any]:
-    """SIGINT and SIGTERM recorded, then raised as KeyboardInterrupt (Terminated) in the main process; returns the
+    """SIGINT and SIGTERM recorded, then raised as KeyboardInterrupt in the main process where they landed, so that
+    the run unwinds as after Ctrl-C (staged writes removed; ``kdfast serve`` installs its own handlers); returns the
     handlers they replaced. A forked child (a data-loader worker) keeps the old behaviour; a second SIGTERM ends the
     process at once. Nothing is installed off the main thread or where the caller ignores the signal."""
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -76,7 +72,7 @@ def _stop_on_signals(main_pid: int) -> dict[int, Any]:
                 return
             raise KeyboardInterrupt
         _stopped.append(signum)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         return {}

@@ -308,12 +308,9 @@ def plain(value: Any) -> Any:
 
 def write_config(path: Path, cfg: Any) -> None:
     """``cfg`` resolved (a configuration, or a mapping of them), as the YAML file ``--config`` reads back; written
-    to a temporary name beside it, then renamed."""
-    import os
-
+    atomically (:func:`kdfast.runs.write_text`)."""
     import yaml
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
+    from kdfast.runs import write_text
+
+    write_text(Path(path), yaml.safe_dump(plain(cfg), sort_keys=False, allow_unicode=True))

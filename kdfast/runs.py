@@ -63,11 +63,18 @@ def staged_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         tmp.rename(out)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically: a temporary file beside ``path``, then renamed over it (a killed process leaves
+    the old file or the new one, never half of one)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_run_info(folder: Path, kind: str, **extra: Any) -> None:

@@ -22,10 +22,11 @@ import os
 import platform
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from kdfast import runs
 
 ISO = "%Y-%m-%dT%H:%M:%S%z"  # the date of a row or report, unless a results file already holds another format
 
@@ -157,12 +158,10 @@ def stamp(*dists: str) -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file beside it, then renamed), making its folder."""
+    """Write ``text`` to ``path`` atomically (:func:`kdfast.runs.write_text`), making its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    runs.write_text(path, text)
 
 
 def write_json(path: Path, obj: Any, indent: int = 2) -> None:

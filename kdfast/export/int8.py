@@ -327,7 +327,7 @@ class Tuner:
             return self.smoothed(recipe)
         if recipe == "dynamic":
             return self.inputs.base
-        if recipe.startswith("blockwise-") or recipe == "pertoken":
+        if on_matmul_graph(recipe):
             path = self.workdir / "matmul.onnx"
             if not path.exists():
                 gemm_as_matmul(self.inputs.fp32, path)
@@ -368,7 +368,7 @@ class Tuner:
         """The recipe's quantizable nodes, read from its source once (a GPT-2 graph is 500 MB to load)."""
         if recipe not in self.node_lists:
             base = recipe.removeprefix(SMOOTH_PREFIX)
-            if base.startswith("blockwise-") or base == "pertoken":  # a 2-D constant as the second input only
+            if on_matmul_graph(base):  # a 2-D constant as the second input only
                 found = weight_nodes(self.source(recipe), BLOCKWISE_OPS, weight_input=1)
             else:
                 found = weight_nodes(self.source(recipe), DYNAMIC_OPS if base == "dynamic" else STATIC_OPS)
@@ -408,7 +408,7 @@ class Tuner:
 
     def candidate(self, recipe: str, exclude: Sequence[str]) -> Candidate:
         name = recipe + (f"+fp32:{len(exclude)}" if exclude else "")
-        source = self.inputs.fp32 if recipe.startswith("blockwise-") or recipe == "pertoken" else self.source(recipe)
+        source = self.inputs.fp32 if on_matmul_graph(recipe) else self.source(recipe)
         c = Candidate(name=name, recipe=recipe, source=source.name, kept_fp32=list(exclude))
         dst = self.workdir / f"{name.replace(':', '-').replace('+', '_')}.onnx"
         try:
@@ -538,6 +538,12 @@ class Tuner:
             out[f"batch_{batch}"] = {"fp32_p50_ms": p50["fp32"], "int8_p50_ms": p50[c.name],
                                      "speedup": p50["fp32"] / p50[c.name]}
         return out
+
+
+def on_matmul_graph(recipe: str) -> bool:
+    """Whether ``recipe`` quantizes the plain graph with its Gemms written as MatMuls (``gemm_as_matmul``): the
+    recipes whose products take a constant 2-D weight as their second input (blockwise, pertoken)."""
+    return recipe.startswith("blockwise-") or recipe == "pertoken"
 
 
 def describe_threads(threads: int) -> str:

@@ -18,7 +18,7 @@ Each activation ``X`` read by weight products ``W_k`` becomes, once (shared by e
 
 so ``Y_k = s * (q - 128) @ (Wq_k * w_scale_k)``. (``QuantizeLinear`` with a scale per token would be one op, but
 ONNX Runtime's per-axis path is slower than a division followed by its vectorized per-tensor quantizer; signed int8
-activations would need no zero point, but ONNX Runtime's s8 x s8 integer product is 8x slower than u8 x s8 here.)
+activations would need no zero point, but ONNX Runtime's s8 x s8 integer product is 4-9x slower than u8 x s8 here.)
 
 Measured on the 10-epoch MiniLM CoLA teacher (docs/export.md): weights alone per channel keep 99.25% of the tuning
 labels, with GPTQ 99.65%; activations alone per token 98.45%; both (this recipe) 98.70-98.75%, so the tuner keeps
