@@ -109,10 +109,12 @@ def check_model_name(name: str) -> None:
 
 # --- kdfast export
 
-INT8_RECIPES = ("dynamic", "pertoken", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile")
-# the ones tuning tries unless told: static QDQ never held the rule on the MiniLM teachers (88-92% agreement) and its
-# rankings cost two minutes of the five (docs/export.md, issue 25)
-INT8_DEFAULT_RECIPES = ("dynamic", "pertoken", "blockwise-64", "blockwise-32")
+INT8_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h32", "pertoken-h64", "pertoken", "blockwise-64", "blockwise-32",
+                "static-minmax", "static-percentile")
+# the ones tuning tries unless told (docs/export.md, issue 25): static QDQ never held the rule on the MiniLM teachers
+# (88-92% agreement) and its rankings cost two minutes of the five; per-token without the rotation and blockwise-64
+# never won against per-token rotated in blocks of 16 or 64
+INT8_DEFAULT_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h64", "blockwise-32")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import nn
 from kdfast.data import load_dataset
 from kdfast.data.dataset import targets
 from kdfast.errors import KdfastError
+from kdfast.export.int8 import RECIPES as INT8_DEFAULT_RECIPES
 from kdfast.export.int8 import Int8Config
 from kdfast.export.onnx import (
     MANIFEST,
@@ -179,7 +180,7 @@ def test_bert_teacher_exports_and_optimizes(tmp_path: Path, cola_dir: Path) -> N
     assert manifest["optimizer"]["fused"]["Attention"] == 2  # ORT's own fusion, on the eager-attention graph
     assert manifest["source_run"]["preprocessing"]["pad_id"] == tokenizer.pad_token_id == 0
     built = {c["name"]: c["error"] for c in manifest["int8"]["candidates"]}
-    assert {"dynamic", "pertoken", "blockwise-64", "blockwise-32"} <= set(built) and not any(built.values())
+    assert set(INT8_DEFAULT_RECIPES) <= set(built) and not any(built.values())
 
 
 # --- Triton

@@ -373,6 +373,7 @@ def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
     gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
     quantize_blockwise_file(tmp_path / "matmul.onnx", tmp_path / "blockwise.onnx", 32, exclude=[])
     quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
+    quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken-h16.onnx", [], None, block=16)
     products = weight_nodes(tmp_path / "matmul.onnx", ("MatMul",), weight_input=1)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "pertoken.onnx")).graph.node]
     assert products and ops.count("MatMulIntegerToFloat") == len(products)
@@ -390,7 +391,7 @@ def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
 
     want, batched = alone_and_batched(out / "model.onnx")  # fp32: padding changes nothing
     np.testing.assert_allclose(batched, want, rtol=0, atol=1e-5)
-    for name in ("blockwise", "pertoken"):
+    for name in ("blockwise", "pertoken", "pertoken-h16"):
         alone, batched = alone_and_batched(tmp_path / f"{name}.onnx")
         np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5, err_msg=name)
         assert np.abs(alone - want).max() < 0.05 * np.abs(want).max() + 1e-3, name  # int8: close to fp32

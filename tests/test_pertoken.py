@@ -1,6 +1,6 @@
-"""kdfast.export.pertoken: per-token int8 equals its numpy reference, GPTQ beats plain rounding where inputs are
-correlated (and is plain rounding where they are not); that a sentence's answer does not depend on its batch-mates is
-tested with blockwise's in tests/test_int8.py."""
+"""kdfast.export.pertoken: per-token int8 equals its numpy reference, rotated or not, and the rotation spreads an
+outlier channel's cost; GPTQ beats plain rounding where inputs are correlated (and is plain rounding where they are
+not); that a sentence's answer does not depend on its batch-mates is tested with blockwise's in tests/test_int8.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from kdfast.batching import pad_batch
 from kdfast.export.int8 import session
-from kdfast.export.pertoken import ZERO_POINT, gptq_int8, input_moments, quantize_pertoken_file
+from kdfast.export.pertoken import ZERO_POINT, gptq_int8, hadamard, input_moments, quantize_pertoken_file, rotation
 from kdfast.export.quantize import UnpaddedReader
 
 
@@ -28,9 +28,14 @@ def one_product(path: Path, w: np.ndarray, shared: int = 1, opset: int = 17) -> 
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
 
 
-def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per-token symmetric int8 activations times per-column int8 weights, in numpy, step by step as documented."""
+def reference(x: np.ndarray, w: np.ndarray, block: int = 0) -> np.ndarray:
+    """Per-token symmetric int8 activations times per-column int8 weights, in numpy, step by step as documented;
+    with ``block``, x rotated by the block-diagonal Hadamard first and w the other way."""
     x = x.astype(np.float32)
+    if block and x.shape[-1] % block == 0:
+        h = hadamard(block).astype(np.float32)
+        x = (x.reshape(-1, block) @ h).reshape(x.shape)
+        w = (np.kron(np.eye(w.shape[0] // block), hadamard(block)).T @ w).astype(np.float32)
     scale = np.maximum(np.maximum(x.max(-1, keepdims=True) * np.float32(1 / 127),
                                   x.min(-1, keepdims=True) * np.float32(-1 / 128)), np.float32(1e-12))
     q = np.clip(np.round(x / scale) + ZERO_POINT, 0, 255).astype(np.int64) - ZERO_POINT  # half to even, like ORT
@@ -60,6 +65,51 @@ def test_pertoken_equals_its_reference(opset: int, tmp_path: Path) -> None:
     exact = x @ w  # and int8 is close to fp32, token by token, the outlier's token included
     err = np.abs(y0 - exact).max(-1) / np.abs(exact).max(-1).clip(1e-6)
     assert err[np.abs(exact).max(-1) > 0].max() < 0.05
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_rotated_pertoken_equals_its_reference(opset: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    x = rng.normal(size=(3, 5, 64)).astype(np.float32)
+    x[..., 7] *= 30  # an outlier channel in every token
+    x[2, 4] = 0.0
+    one_product(tmp_path / "fp32.onnx", w, shared=2, opset=opset)
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None, block=16) == 2
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("MatMul") == 1 and ops.count("QuantizeLinear") == 1  # rotated once, for both products
+    y0, y1 = session(tmp_path / "int8.onnx").run(["y0", "y1"], {"x": x})
+    np.testing.assert_allclose(y0, reference(x, w, 16), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(y0, y1)
+    assert np.all(y0[2, 4] == 0)
+    # the rotation spreads channel 7 over its block: every token's int8 step is finer, the product closer to fp32
+    quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "plain.onnx", [], None)
+    plain = session(tmp_path / "plain.onnx").run(["y0"], {"x": x})[0]
+    exact = x @ w
+    assert np.square(y0 - exact).mean() < 0.25 * np.square(plain - exact).mean()
+
+
+def test_hadamard_blocks() -> None:
+    for n in (1, 2, 16, 64):
+        h = hadamard(n)
+        np.testing.assert_allclose(h @ h.T, np.eye(n), atol=1e-12)
+        np.testing.assert_allclose(h, h.T)
+    with pytest.raises(ValueError, match="power of two"):
+        hadamard(24)
+    r = rotation(48, 16)
+    assert r is not None and r.shape == (48, 48)
+    np.testing.assert_allclose(r @ r.T, np.eye(48), atol=1e-12)
+    assert rotation(40, 16) is None and rotation(48, 0) is None  # a width the block does not divide stays as it is
+
+
+def test_a_width_the_block_does_not_divide_is_not_rotated(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(40, 8)).astype(np.float32)
+    x = rng.normal(size=(2, 3, 40)).astype(np.float32)
+    one_product(tmp_path / "fp32.onnx", w)
+    quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None, block=16)
+    y = session(tmp_path / "int8.onnx").run(["y0"], {"x": x})[0]
+    np.testing.assert_allclose(y, reference(x, w), rtol=1e-5, atol=1e-5)
 
 
 def test_excluded_products_stay_fp32(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ from kdfast.metrics import mcc
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
 SMOOTH_PREFIX = "smooth-"  # smooth-R: recipe R after SmoothQuant (kdfast.export.quantize.smooth_file)
+PERTOKEN_ROTATED = "pertoken-h"  # pertoken-hB: pertoken with each activation rotated in Hadamard blocks of B
 SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
 
@@ -314,7 +315,7 @@ class Tuner:
         self.smoothing: dict[str, dict[str, Any]] = {}  # smooth-R -> the alpha chosen, each alpha's logit MSE
         self.absmax: dict[str, np.ndarray] = {}  # source file -> its activations' per-channel max |x|
         self.moments: dict[str, dict[str, np.ndarray]] = {}  # source file -> its products' input X^T X (pertoken)
-        self.codes: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # pertoken's GPTQ codes, per weight
+        self.codes: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}  # pertoken's GPTQ codes
         self.files: dict[str, Path] = {}
 
     # building
@@ -397,10 +398,11 @@ class Tuner:
             quantize_dynamic_file(src, dst, exclude)
         elif base.startswith("blockwise-"):
             quantize_blockwise_file(src, dst, int(base.removeprefix("blockwise-")), exclude)
-        elif base == "pertoken":
+        elif base == "pertoken" or base.startswith(PERTOKEN_ROTATED):
             if src.name not in self.moments:
                 self.moments[src.name] = input_moments(src, self._reader())
-            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes)
+            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes,
+                                   int(base.removeprefix(PERTOKEN_ROTATED) or 0))
         else:
             key = recipe or f"{base}@{src.name}"
             quantize_static_file(src, dst, self.cache(key, src), base.removeprefix("static-"),
@@ -543,7 +545,7 @@ class Tuner:
 def on_matmul_graph(recipe: str) -> bool:
     """Whether ``recipe`` quantizes the plain graph with its Gemms written as MatMuls (``gemm_as_matmul``): the
     recipes whose products take a constant 2-D weight as their second input (blockwise, pertoken)."""
-    return recipe.startswith("blockwise-") or recipe == "pertoken"
+    return recipe.startswith(("blockwise-", PERTOKEN_ROTATED)) or recipe == "pertoken"
 
 
 def describe_threads(threads: int) -> str:
