@@ -36,9 +36,9 @@ def reference(x: np.ndarray, w: np.ndarray, block: int = 0) -> np.ndarray:
         h = hadamard(block).astype(np.float32)
         x = (x.reshape(-1, block) @ h).reshape(x.shape)
         w = (np.kron(np.eye(w.shape[0] // block), hadamard(block)).T @ w).astype(np.float32)
-    scale = np.maximum(np.maximum(x.max(-1, keepdims=True) * np.float32(1 / 127),
-                                  x.min(-1, keepdims=True) * np.float32(-1 / 128)), np.float32(1e-12))
-    q = np.clip(np.round(x / scale) + ZERO_POINT, 0, 255).astype(np.int64) - ZERO_POINT  # half to even, like ORT
+    m = np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-12))  # the token's absmax
+    q = np.clip(np.round((x / m) / np.float32(1 / 127)) + ZERO_POINT, 0, 255).astype(np.int64) - ZERO_POINT
+    scale = m / np.float32(127)
     wscale = (np.abs(w).max(0) / 127).astype(np.float32)
     codes = np.clip(np.round(w / wscale), -127, 127).astype(np.int64)
     return (q @ codes).astype(np.float32) * wscale * scale

@@ -12,14 +12,14 @@ inverse of the layer's input second moments ``H = X^T X`` measured on calibratio
 
 Each activation ``X`` read by weight products ``W_k`` becomes, once (shared by every product reading it)::
 
-    Z = X @ R                                                  # R: block-diagonal Hadamard (recipe pertoken-hB)
-    s = max(ReduceMax(Z) / 127, -ReduceMin(Z) / 128, eps)      # per token: shape (..., 1)
-    q = QuantizeLinear(Z / s, 1, 128)                          # uint8, zero point 128: symmetric int8
-    Y_k = MatMulIntegerToFloat(q, Wq_k, s, w_scale_k, 128, 0)  # Wq_k: int8 codes of R^T W_k
+    Z = X @ R                                          # R: block-diagonal Hadamard (recipe pertoken-hB)
+    m = max(ReduceMax(Z), -ReduceMin(Z), eps)          # per token absmax: shape (..., 1)
+    q = QuantizeLinear(Z / m, 1 / 127, 128)            # uint8, zero point 128: symmetric int8
+    Y_k = MatMulIntegerToFloat(q, Wq_k, m, w_scale_k / 127, 128, 0)  # Wq_k: int8 codes of R^T W_k
 
-so ``Y_k = s * (q - 128) @ (Wq_k * w_scale_k) ~ Z @ R^T W_k = X @ W_k``. The token's scale goes in as the product's
-``a_scale`` (shape (..., 1)): ONNX Runtime scales the output by it inside the op, one pass fewer than a ``Mul``
-after it. (``QuantizeLinear`` with a scale per token would be one op, but ONNX Runtime's per-axis path is slower
+so ``Y_k = (m / 127) * (q - 128) @ (Wq_k * w_scale_k) ~ Z @ R^T W_k = X @ W_k``. The token's absmax goes in as the
+product's ``a_scale`` (shape (..., 1)): ONNX Runtime scales the output by it inside the op, one pass fewer than a
+``Mul`` after it; the 1/127 rides on the weights' scales. (``QuantizeLinear`` with a scale per token would be one op, but ONNX Runtime's per-axis path is slower
 than a division followed by its vectorized per-tensor quantizer; signed int8 activations would need no zero point,
 but ONNX Runtime's s8 x s8 integer product is 4-9x slower than u8 x s8 here.)
 
@@ -135,6 +135,15 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, damp: float = GPTQ_DAMP, block: int 
     return codes.T.numpy().astype(np.int8), scale.numpy().astype(np.float32)
 
 
+def activation_ranks(model: Any) -> dict[str, int]:
+    """The rank of each tensor ONNX's shape inference can tell (dimensions may stay symbolic)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
+
+
 def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments: dict[str, np.ndarray] | None,
                            memo: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] | None = None,
                            block: int = 0) -> int:
@@ -151,12 +160,11 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
     groups = {act: kept for act, nodes in weight_products(model).items()
               if (kept := [n for n in nodes if n.name not in exclude])}
     consts = [numpy_helper.from_array(np.array(v, dtype), name) for name, v, dtype in (
-        ("pertoken_eps", 1e-12, np.float32), ("pertoken_one", 1.0, np.float32),
-        ("pertoken_hi", 1 / 127, np.float32), ("pertoken_lo", -1 / 128, np.float32),
+        ("pertoken_eps", 1e-12, np.float32), ("pertoken_step", 1 / 127, np.float32),
         ("pertoken_zp", ZERO_POINT, np.uint8), ("pertoken_wzp", 0, np.int8))]
     if block:
-        consts += [numpy_helper.from_array(np.array([-1, block], np.int64), "pertoken_blocks"),
-                   numpy_helper.from_array(hadamard(block).astype(np.float32), "pertoken_hadamard")]
+        consts.append(numpy_helper.from_array(hadamard(block).astype(np.float32), "pertoken_hadamard"))
+    ranks = activation_ranks(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     if opset >= 18:  # ReduceMax/ReduceMin take their axes as an input from opset 18 on
         consts.append(numpy_helper.from_array(np.array([-1], np.int64), "pertoken_axes"))
@@ -174,22 +182,29 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
         k = inits[nodes[0].input[1]].dims[0]
         rot = rotation(k, block)
         x, rotate = act, []
-        if rot is not None:  # (..., K) -> (-1, block) @ H -> (..., K)
+        if rot is not None:  # (..., K) -> (..., K/block, block) @ H -> (..., K)
             x = f"{p}_rotated"
-            rotate = [helper.make_node("Shape", [act], [f"{p}_shape"], name=f"{p}_shape"),
-                      helper.make_node("Reshape", [act, "pertoken_blocks"], [f"{p}_blocks"], name=f"{p}_blocks"),
-                      helper.make_node("MatMul", [f"{p}_blocks", "pertoken_hadamard"], [f"{p}_blocks_rotated"],
-                                       name=f"{p}_blocks_rotated"),
-                      helper.make_node("Reshape", [f"{p}_blocks_rotated", f"{p}_shape"], [x], name=x)]
-        after[act] = [
-            *rotate,
+            lead = [0] * (ranks[act] - 1) if act in ranks else None  # Reshape's 0: that dimension as it was
+            if lead is None:  # rank unknown: the shape back from a Shape op
+                consts.append(numpy_helper.from_array(np.array([-1, block], np.int64), f"{p}_split"))
+                rotate = [helper.make_node("Shape", [act], [f"{p}_shape"], name=f"{p}_shape")]
+                back = f"{p}_shape"
+            else:
+                consts += [numpy_helper.from_array(np.array([*lead, -1, block], np.int64), f"{p}_split"),
+                           numpy_helper.from_array(np.array([*lead, k], np.int64), f"{p}_join")]
+                back = f"{p}_join"
+            rotate += [helper.make_node("Reshape", [act, f"{p}_split"], [f"{p}_blocks"], name=f"{p}_blocks"),
+                       helper.make_node("MatMul", [f"{p}_blocks", "pertoken_hadamard"], [f"{p}_blocks_rotated"],
+                                        name=f"{p}_blocks_rotated"),
+                       helper.make_node("Reshape", [f"{p}_blocks_rotated", back], [x], name=x)]
+        after[act] = [  # m: the token's absmax; q = round(127 x / m) + 128; the product's a_scale m, its weights'
+            *rotate,    # scales over 127
             reduce("ReduceMax", x, f"{p}_max"),
             reduce("ReduceMin", x, f"{p}_min"),
-            helper.make_node("Mul", [f"{p}_max", "pertoken_hi"], [f"{p}_hi"], name=f"{p}_hi"),
-            helper.make_node("Mul", [f"{p}_min", "pertoken_lo"], [f"{p}_lo"], name=f"{p}_lo"),
-            helper.make_node("Max", [f"{p}_hi", f"{p}_lo", "pertoken_eps"], [f"{p}_scale"], name=f"{p}_scale"),
-            helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_scaled"], name=f"{p}_scaled"),
-            helper.make_node("QuantizeLinear", [f"{p}_scaled", "pertoken_one", "pertoken_zp"], [f"{p}_q"],
+            helper.make_node("Neg", [f"{p}_min"], [f"{p}_neg"], name=f"{p}_neg"),
+            helper.make_node("Max", [f"{p}_max", f"{p}_neg", "pertoken_eps"], [f"{p}_absmax"], name=f"{p}_absmax"),
+            helper.make_node("Div", [x, f"{p}_absmax"], [f"{p}_scaled"], name=f"{p}_scaled"),
+            helper.make_node("QuantizeLinear", [f"{p}_scaled", "pertoken_step", "pertoken_zp"], [f"{p}_q"],
                              name=f"{p}_q")]
         for node in nodes:
             key = (str(src), node.input[1], block)
@@ -201,9 +216,10 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
                 memo[key] = gptq_int8(w, h)
             codes, scale = memo[key]
             n = node.name
-            consts += [numpy_helper.from_array(codes, f"{n}_codes"), numpy_helper.from_array(scale, f"{n}_wscale")]
+            consts += [numpy_helper.from_array(codes, f"{n}_codes"),
+                       numpy_helper.from_array(scale / np.float32(127), f"{n}_wscale")]
             replaced[n] = [helper.make_node(  # a_scale of shape (..., 1): the output scaled per token in the op
-                "MatMulIntegerToFloat", [f"{p}_q", f"{n}_codes", f"{p}_scale", f"{n}_wscale", "pertoken_zp",
+                "MatMulIntegerToFloat", [f"{p}_q", f"{n}_codes", f"{p}_absmax", f"{n}_wscale", "pertoken_zp",
                                          "pertoken_wzp"], [node.output[0]], name=n, domain="com.microsoft")]
     nodes_out = [x for i in graph.input if i.name in after for x in after.pop(i.name)]
     for node in graph.node:
