@@ -19,9 +19,10 @@ Each activation ``X`` read by weight products ``W_k`` becomes, once (shared by e
 
 so ``Y_k = (m / 127) * (q - 128) @ (Wq_k * w_scale_k) ~ Z @ R^T W_k = X @ W_k``. The token's absmax goes in as the
 product's ``a_scale`` (shape (..., 1)): ONNX Runtime scales the output by it inside the op, one pass fewer than a
-``Mul`` after it; the 1/127 rides on the weights' scales. (``QuantizeLinear`` with a scale per token would be one op, but ONNX Runtime's per-axis path is slower
-than a division followed by its vectorized per-tensor quantizer; signed int8 activations would need no zero point,
-but ONNX Runtime's s8 x s8 integer product is 4-9x slower than u8 x s8 here.)
+``Mul`` after it; the 1/127 rides on the weights' scales. (``QuantizeLinear`` with a scale per token would be one
+op, but ONNX Runtime's per-axis path is slower than a division followed by its vectorized per-tensor quantizer;
+signed int8 activations would need no zero point, but ONNX Runtime's s8 x s8 integer product is 4-9x slower than
+u8 x s8 here.)
 
 The rotation (QuaRot, Ashkboos et al. 2024; here online and block-diagonal, ``block`` values per Hadamard block,
 applied to every activation whose width it divides): ``R`` is orthogonal, so the product is unchanged in exact
