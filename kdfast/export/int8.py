@@ -20,12 +20,14 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   each token (``MatMulNBits``, int8 compute), on the plain fp32 graph with its Gemms written as MatMuls. On the
   10-epoch MiniLM CoLA teacher it keeps 99.3-99.6% of dev labels where dynamic keeps 96.4%, at about 1.8-2x fp32's
   batch-1 speed to dynamic's 2.5x (benchmarks/bench_int8.py). Embedding tables stay fp32.
-- ``pertoken``: int8 activations with a scale per token, computed at run time, times int8 weights per output
-  channel rounded by GPTQ (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's
-  integer kernel, so nearly its speed (about 2.1x fp32 at batch 1, 1.4-1.5x at batch 32 on the MiniLM teacher), and a
-  sentence's answer no longer depends on its batch-mates; 98.7% of the tuning labels as it is (dynamic: 95.6%), so
-  its fallbacks keep the most sensitive products fp32 (9 of 38 on the 10-epoch MiniLM teacher: 1.61x / 1.37x
-  fp32; 19 on the 5-epoch one: 1.35x / 1.20x; docs/export.md).
+- ``pertoken-h16`` / ``pertoken-h64`` (and ``pertoken``, not among the defaults): int8 activations with a scale per
+  token, computed at run time, each activation first rotated by a block-diagonal Hadamard matrix (blocks of 16 / 64
+  values; none for ``pertoken``), times int8 weights per output channel, rotated the other way and rounded by GPTQ
+  (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's integer kernel, and a
+  sentence's answer no longer depends on its batch-mates. The rotation spreads a token's few large channels over the
+  others (logit MSE 6-13x lower); on both MiniLM teachers a rotated recipe holds the rule with every product int8
+  (1.62x / 1.51x and 1.65x / 1.41x fp32 at batch 1 / 32), where ``pertoken`` kept 9 and 19 of 38 products fp32
+  (docs/export.md).
 - ``static-minmax`` / ``static-percentile`` (not among the defaults, ``INT8_DEFAULT_RECIPES``: never within the
   rule on the MiniLM teachers, 88-92% agreement, and their rankings took two of the five minutes): QDQ, int8 weights
   per channel and uint8 activations whose ranges are
