@@ -63,7 +63,8 @@ def int8_table(int8: dict[str, Any]) -> Table:
             verdict = "[bold green]kept[/]"
         speed = c.get("speed")  # the speed rule's timing, for the accurate candidates it judged
         b1 = speed["batch_1"]["speedup"] if speed else c["speedup_b1"]
-        b32 = f"{speed['batch_32']['speedup']:.2f}x" if speed else ""
+        at32 = speed["batch_32"]["speedup"] if speed else c.get("speedup_b32")  # None: not measured
+        b32 = f"{at32:.2f}x" if at32 is not None else ""
         table.add_row(c["name"], f"{c['agreement']:.1%}", f"{c['agreement_lower']:.1%}",
                       f"{-c['mcc_drop']:+.3f}", f"{b1:.2f}x", b32, f"{c['mb']:.0f}", verdict)
     return table

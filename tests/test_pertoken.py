@@ -102,6 +102,46 @@ def test_hadamard_blocks() -> None:
     assert rotation(40, 16) is None and rotation(48, 0) is None  # a width the block does not divide stays as it is
 
 
+def test_rotation_of_any_rank_and_one_memo_across_blocks(tmp_path: Path) -> None:
+    """A 2-D activation (a classifier head's), and one whose rank shape inference cannot tell (the Shape op's path),
+    both equal the reference; one memo shared by builds with blocks 0, 16 and 0 again keeps each block's codes apart."""
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(32, 8)).astype(np.float32)
+    x2 = rng.normal(size=(4, 32)).astype(np.float32)
+    for name, dims in (("two-d", [4, 32]), ("unknown", None)):
+        node = helper.make_node("MatMul", ["x", "w0"], ["y0"], name="mm0")
+        x_info = (helper.make_tensor_value_info("x", TensorProto.FLOAT, dims) if dims else
+                  helper.make_tensor_value_info("x", TensorProto.FLOAT, None))
+        graph = helper.make_graph([node], "g", [x_info], [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w0")])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        memo: dict = {}
+        for block in (0, 16, 0):
+            quantize_pertoken_file(path, tmp_path / f"{name}-{block}.onnx", [], None, memo, block=block)
+            ops = [n.op_type for n in onnx.load(str(tmp_path / f"{name}-{block}.onnx")).graph.node]
+            assert ("Shape" in ops) == (block > 0 and dims is None), (name, block)
+            y = session(tmp_path / f"{name}-{block}.onnx").run(["y0"], {"x": x2})[0]
+            np.testing.assert_allclose(y, reference(x2, w, block), rtol=1e-4, atol=1e-4, err_msg=f"{name} {block}")
+        assert sorted(k[2] for k in memo) == [0, 16]
+
+
+def test_weights_of_a_dead_input_do_not_enter_the_rotation(tmp_path: Path) -> None:
+    """An input channel never nonzero in calibration (H's diagonal 0) whose weights are huge: rotated in, they would
+    set every column's int8 step of their block; zeroed first, the product stays as close as without them."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(32, 8)).astype(np.float32)
+    w[3] = 1000.0
+    x = rng.normal(size=(2, 5, 32)).astype(np.float32)
+    x[..., 3] = 0.0
+    one_product(tmp_path / "fp32.onnx", w)
+    flat = x.reshape(-1, 32).astype(np.float64)
+    quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], {"x": flat.T @ flat}, block=16)
+    y = session(tmp_path / "int8.onnx").run(["y0"], {"x": x})[0]
+    exact = x @ w
+    assert np.abs(y - exact).max() < 0.05 * np.abs(exact).max()
+
+
 def test_a_width_the_block_does_not_divide_is_not_rotated(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     w = rng.normal(size=(40, 8)).astype(np.float32)

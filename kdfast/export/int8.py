@@ -42,12 +42,13 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   blockwise-64 pass the rule, but blockwise is no faster there than blockwise-32 within the noise, so it is not a
   default (docs/export.md, issue 25).
 
-The search: every recipe is built and judged as it is, and timed against fp32 in one interleaved run. A recipe that
-fails gets its nodes ranked and kept fp32 a few more at a time, fastest recipe first, until a candidate passes or
-runs no faster than one that passed already (keeping more nodes fp32 only slows it down): a recipe slower than a
-passing candidate, or already below the speed rule as it is, is not searched at all. The passing candidates are timed
-together once more at batch 1, then each against fp32 at batch 1 and 32; of those that meet the speed rule, the
-one whose slower speed-up is the highest is kept.
+The search: every recipe is built and judged as it is, and timed against fp32 at batch 1 and 32 in one interleaved
+run; "faster" below is by the slower of its two speed-ups (``Candidate.pace``), as the speed rule judges both. A
+recipe that fails gets its nodes ranked and kept fp32 a few more at a time, fastest recipe first, until a candidate
+passes or runs no faster than one that passed already (keeping more nodes fp32 only slows it down): a recipe slower
+than a passing candidate, or already below the speed rule as it is, is not searched at all. Each passing candidate is
+then timed against fp32 at batch 1 and 32 once more (the speed rule's measurement); of those that meet the speed
+rule, the one whose slower speed-up is the highest is kept.
 
 The speed rule: an int8 slower than fp32 is never kept. The candidate kept must run at least ``min_speedup`` times
 fp32's speed (p50 latency, fp32 and int8 timed interleaved in one run) at batch 1 AND at batch 32, at the ONNX
@@ -140,10 +141,17 @@ class Candidate:
     passed: bool = False
     p50_b1_ms: float = float("nan")  # batch-1 p50 latency
     speedup_b1: float = float("nan")  # fp32 p50 / its p50, same run
+    speedup_b32: float = float("nan")  # the same at batch 32, same run (NaN: not measured)
     mb: float = float("nan")  # file size, 10^6 bytes
     speed: dict[str, Any] | None = None  # an accurate one's speed-rule timing against fp32 (:meth:`Tuner.speed`)
     fast: bool | None = None  # it met the speed rule; None: not judged (inaccurate, or a faster one met it)
     error: str = ""  # the quantizer or ONNX Runtime failed on it
+
+    @property
+    def pace(self) -> float:
+        """What the search orders and prunes by: its slower speed-up of batch 1 and 32 (batch 1 alone when batch 32
+        was not measured), as the speed rule judges both."""
+        return self.speedup_b1 if self.speedup_b32 != self.speedup_b32 else min(self.speedup_b1, self.speedup_b32)
 
 
 # --- training sentences only
@@ -462,18 +470,18 @@ class Tuner:
             candidates.append(c)
             self.say(f"int8: {c.name}: " + (f"error: {c.error}" if c.error else self.verdict(c)))
         self.time(candidates)
-        best = max((c.speedup_b1 for c in candidates if c.passed), default=0.0)
+        best = max((c.pace for c in candidates if c.passed), default=0.0)
         ranking: dict[str, list[dict[str, Any]]] = {}
         skipped: dict[str, str] = {}
-        for bare in sorted((c for c in candidates if not (c.passed or c.error)), key=lambda c: -c.speedup_b1):
+        for bare in sorted((c for c in candidates if not (c.passed or c.error)), key=lambda c: -c.pace):
             if cfg.max_fp32_nodes == 0:  # fallback switched off
                 break
-            if bare.speedup_b1 <= best:
-                skipped[bare.recipe] = (f"{bare.speedup_b1:.2f}x fp32 as it is, no faster than a passing candidate "
+            if bare.pace <= best:
+                skipped[bare.recipe] = (f"{bare.pace:.2f}x fp32 as it is, no faster than a passing candidate "
                                         f"({best:.2f}x)")
                 continue
-            if bare.speedup_b1 < cfg.min_speedup:  # keeping nodes fp32 would only slow it further
-                skipped[bare.recipe] = (f"{bare.speedup_b1:.2f}x fp32 at batch 1 as it is, below the speed rule "
+            if bare.pace < cfg.min_speedup:  # keeping nodes fp32 would only slow it further
+                skipped[bare.recipe] = (f"{bare.pace:.2f}x fp32 as it is, below the speed rule "
                                         f"({cfg.min_speedup:.2f}x)")
                 continue
             ranked = self.rank(bare.recipe)
@@ -486,19 +494,17 @@ class Tuner:
                     self.time([c])
                 self.say(f"int8: {c.name}: " + (f"error: {c.error}" if c.error else self.verdict(c)))
                 if c.passed:
-                    best = max(best, c.speedup_b1)
+                    best = max(best, c.pace)
                     break
-                if c.error or c.speedup_b1 <= best:
+                if c.error or c.pace <= best:
                     skipped[bare.recipe] = (f"stopped at {c.name}: " + (c.error if c.error else
-                                            f"{c.speedup_b1:.2f}x fp32, no faster than a passing candidate"))
+                                            f"{c.pace:.2f}x fp32, no faster than a passing candidate"))
                     break
-                if c.speedup_b1 < cfg.min_speedup:
-                    skipped[bare.recipe] = (f"stopped at {c.name}: {c.speedup_b1:.2f}x fp32 at batch 1, below the "
+                if c.pace < cfg.min_speedup:
+                    skipped[bare.recipe] = (f"stopped at {c.name}: {c.pace:.2f}x fp32, below the "
                                             f"speed rule ({cfg.min_speedup:.2f}x)")
                     break
         passing = [c for c in candidates if c.passed]
-        if len(passing) > 1:  # their order decided in one measurement
-            self.time(passing)
         return {"candidates": candidates, "winner": self.choose(passing), "ranking": ranking,
                 "not_searched": skipped, "smoothing": self.smoothing}
 
@@ -507,7 +513,7 @@ class Tuner:
         ``min_speedup`` x fp32 at both, the one whose slower speed-up is the highest (the batch-1 search order alone
         can pick one that is faster at batch 1 by noise and slower at batch 32); None when none is (an int8 slower
         than fp32 is never kept)."""
-        for c in sorted(accurate, key=lambda c: c.p50_b1_ms):
+        for c in sorted(accurate, key=lambda c: -c.pace):
             c.speed = self.speed(c)
             c.fast = all(c.speed[f"batch_{b}"]["speedup"] >= self.cfg.min_speedup for b, _ in SPEED_BATCHES)
             self.say(f"int8: {c.name}: " + ", ".join(f"{c.speed[f'batch_{b}']['speedup']:.2f}x fp32 at batch {b}"
@@ -518,19 +524,26 @@ class Tuner:
                    key=lambda c: min(c.speed[f"batch_{b}"]["speedup"] for b, _ in SPEED_BATCHES))
 
     def verdict(self, c: Candidate) -> str:
+        speed = ""
+        if c.speedup_b1 == c.speedup_b1:
+            speed = f", {c.speedup_b1:.2f}x" + (f" / {c.speedup_b32:.2f}x" if c.speedup_b32 == c.speedup_b32 else "")
+            speed += " fp32"
         return (f"{c.agreement:.2%} agreement (≥ {c.agreement_lower:.2%} at {self.cfg.confidence:.0%}), "
-                f"MCC Δ {-c.mcc_drop:+.4f}" + (f", {c.speedup_b1:.2f}x fp32" if c.speedup_b1 == c.speedup_b1 else "")
-                + (": pass" if c.passed else ""))
+                f"MCC Δ {-c.mcc_drop:+.4f}{speed}" + (": pass" if c.passed else ""))
 
     def time(self, candidates: list[Candidate]) -> None:
-        """Batch-1 p50 of ``candidates`` (those that built), against fp32, interleaved in one measurement."""
-        feeds = timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names, 1, TIMING_SENTENCES)
+        """Batch-1 and batch-32 p50 of ``candidates`` (those that built), against fp32, interleaved in one
+        measurement per batch size."""
         sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads)}
         sessions |= {c.name: session(self.files[c.name], self.cfg.threads) for c in candidates if not c.error}
-        p50 = p50_ms(sessions, feeds, self.cfg.timing_rounds)
-        for c in candidates:
-            if c.name in p50:
-                c.p50_b1_ms, c.speedup_b1 = p50[c.name], p50["fp32"] / p50[c.name]
+        for batch, n in SPEED_BATCHES:
+            feeds = timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names, batch, n)
+            p50 = p50_ms(sessions, feeds, self.cfg.timing_rounds)
+            for c in candidates:
+                if c.name in p50 and batch == 1:
+                    c.p50_b1_ms, c.speedup_b1 = p50[c.name], p50["fp32"] / p50[c.name]
+                elif c.name in p50:
+                    c.speedup_b32 = p50["fp32"] / p50[c.name]
 
     def speed(self, c: Candidate) -> dict[str, Any]:
         """``c`` against fp32 at batch 1 and 32, the two sessions interleaved call by call, at the serving threads."""
@@ -586,15 +599,16 @@ class Int8RuleError(KdfastError):
 
 def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Config,
          say: Callable[..., None] = lambda *a: None) -> dict[str, Any]:
-    """Write the fastest candidate that holds the rule to ``dst``; returns the manifest's ``int8`` entry.
+    """Write the candidate :meth:`Tuner.run` keeps (accurate, and the fastest at its slower batch size of those that
+    meet the speed rule) to ``dst``; returns the manifest's ``int8`` entry.
     Raises :class:`Int8RuleError` (with every candidate's numbers) when none does."""
     import shutil
 
     cfg.validate()
     data = CalibrationSet.draw(train, cfg.calibration, cfg.held_out, cfg.seed, cfg.perturbed)
     report: dict[str, Any] = {
-        "method": "accuracy-aware: the fastest candidate that holds the rule on held-out training sentences and "
-                  "is at least min_speedup x fp32 at batch 1 and 32",
+        "method": "accuracy-aware: of the candidates that hold the rule on held-out training sentences and are at "
+                  "least min_speedup x fp32 at batch 1 and 32, the one whose slower speed-up is the highest",
         "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
                  "confidence": cfg.confidence},
         "speed_rule": {"min_speedup": cfg.min_speedup, "batches": [b for b, _ in SPEED_BATCHES],

@@ -136,13 +136,22 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, damp: float = GPTQ_DAMP, block: int 
     return codes.T.numpy().astype(np.int8), scale.numpy().astype(np.float32)
 
 
-def activation_ranks(model: Any) -> dict[str, int]:
-    """The rank of each tensor ONNX's shape inference can tell (dimensions may stay symbolic)."""
+_RANKS: dict[tuple[str, int, int], dict[str, int]] = {}  # (file, mtime, size) -> its tensors' ranks
+
+
+def activation_ranks(model: Any, path: Path) -> dict[str, int]:
+    """The rank of each tensor of ``model`` (loaded from ``path``) that ONNX's shape inference can tell (dimensions
+    may stay symbolic); inferred once per file, the tuner building many candidates from one."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _RANKS:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        _RANKS[key] = {v.name: len(v.type.tensor_type.shape.dim) for v in infos
+                       if v.type.tensor_type.HasField("shape")}
+    return _RANKS[key]
 
 
 def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments: dict[str, np.ndarray] | None,
@@ -165,7 +174,7 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
         ("pertoken_zp", ZERO_POINT, np.uint8), ("pertoken_wzp", 0, np.int8))]
     if block:
         consts.append(numpy_helper.from_array(hadamard(block).astype(np.float32), "pertoken_hadamard"))
-    ranks = activation_ranks(model)
+    ranks = activation_ranks(model, src) if block else {}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     if opset >= 18:  # ReduceMax/ReduceMin take their axes as an input from opset 18 on
         consts.append(numpy_helper.from_array(np.array([-1], np.int64), "pertoken_axes"))
@@ -212,7 +221,8 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
             if key not in memo:
                 w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
                 h = moments[act] if moments is not None else np.eye(k)
-                if rot is not None:
+                if rot is not None:  # an input never nonzero: its weights cannot matter, and rotated they would
+                    w[np.diag(h) == 0] = 0  # widen their block's columns' scales
                     w, h = rot.T @ w, rot.T @ h @ rot
                 memo[key] = gptq_int8(w, h)
             codes, scale = memo[key]
