@@ -26,7 +26,7 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's integer kernel, and a
   sentence's answer no longer depends on its batch-mates. The rotation spreads a token's few large channels over the
   others (logit MSE 6-13x lower); on both MiniLM teachers a rotated recipe holds the rule with every product int8
-  (1.62x / 1.51x and 1.65x / 1.41x fp32 at batch 1 / 32), where ``pertoken`` kept 9 and 19 of 38 products fp32
+  (1.48-1.51x and 1.41-1.42x fp32 at batch 32), where ``pertoken`` kept 9 and 19 of 38 products fp32
   (docs/export.md).
 - ``static-minmax`` / ``static-percentile`` (not among the defaults, ``INT8_DEFAULT_RECIPES``: never within the
   rule on the MiniLM teachers, 88-92% agreement, and their rankings took two of the five minutes): QDQ, int8 weights
