@@ -115,6 +115,7 @@ INT8_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h32", "pertoken-h64", "pert
 # (88-92% agreement) and its rankings cost two minutes of the five; per-token without the rotation and blockwise-64
 # never won against per-token rotated in blocks of 16 or 64
 INT8_DEFAULT_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h64", "blockwise-32")
+SMOOTH_PREFIX = "smooth-"  # smooth-R: recipe R after SmoothQuant (kdfast.export.quantize.smooth_file)
 
 
 @dataclass
@@ -152,7 +153,8 @@ class Int8Config:
             (self.held_out >= 1, f"int8 held-out sentences must be at least 1, got {self.held_out}"),
             (self.max_fp32_nodes is None or self.max_fp32_nodes >= 0,
              f"max fp32 nodes must be at least 0, got {self.max_fp32_nodes}"),
-            (set(self.recipes) <= set(INT8_RECIPES) and bool(self.recipes), f"recipes must be among {INT8_RECIPES}"),
+            (bool(self.recipes) and all(r.removeprefix(SMOOTH_PREFIX) in INT8_RECIPES for r in self.recipes),
+             f"recipes must be among {INT8_RECIPES}, each optionally after {SMOOTH_PREFIX!r}"),
             (self.min_speedup >= 0, f"--int8-min-speedup must be at least 0, got {self.min_speedup}"),
             (self.threads >= 0, f"--threads must be at least 0 (0: ONNX Runtime's default), got {self.threads}"),
         ])

@@ -714,6 +714,13 @@ def test_the_pipelines_export_drops_an_int8_that_is_too_slow(teacher_run: Path, 
     assert len(said) == 1 and "0.50x fp32 at batch 1 and 0.50x at batch 32" in said[0] and "without it" in said[0]
 
 
+def test_recipes_are_the_known_ones_each_optionally_smoothed() -> None:
+    Int8Config(recipes=("dynamic", "pertoken-h16", "smooth-pertoken-h16", "smooth-blockwise-32")).validate()
+    for bad in (("pertoken-h12",), ("smooth-",), ("smooth-smooth-dynamic",), ()):
+        with pytest.raises(KdfastError, match="recipes must be among"):
+            Int8Config(recipes=bad).validate()
+
+
 @pytest.mark.parametrize(("flag", "value", "says"), [
     ("--int8-min-speedup", "-1", "--int8-min-speedup must be at least 0"),
     ("--threads", "-2", "--threads must be at least 0"),

@@ -97,7 +97,7 @@ import numpy as np
 
 from kdfast.batching import length_sorted_batches, pad_batch
 from kdfast.configs import INT8_DEFAULT_RECIPES as RECIPES  # noqa: F401  (re-exported)
-from kdfast.configs import Int8Config
+from kdfast.configs import SMOOTH_PREFIX, Int8Config
 from kdfast.data import Example
 from kdfast.errors import KdfastError
 from kdfast.export.pertoken import input_moments, quantize_pertoken_file
@@ -118,7 +118,6 @@ from kdfast.metrics import mcc
 
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
-SMOOTH_PREFIX = "smooth-"  # smooth-R: recipe R after SmoothQuant (kdfast.export.quantize.smooth_file)
 PERTOKEN_ROTATED = "pertoken-h"  # pertoken-hB: pertoken with each activation rotated in Hadamard blocks of B
 SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
