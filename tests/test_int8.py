@@ -714,6 +714,25 @@ def test_the_pipelines_export_drops_an_int8_that_is_too_slow(teacher_run: Path, 
     assert len(said) == 1 and "0.50x fp32 at batch 1 and 0.50x at batch 32" in said[0] and "without it" in said[0]
 
 
+def test_per_token_recipes_name_their_rotation() -> None:
+    from kdfast.export.int8 import on_matmul_graph, pertoken_block
+
+    assert [pertoken_block(r) for r in ("pertoken", "pertoken-h16", "pertoken-h64", "dynamic", "blockwise-32")] == [
+        0, 16, 64, None, None]
+    assert all(on_matmul_graph(r) for r in ("pertoken", "pertoken-h16", "blockwise-32"))
+    assert not on_matmul_graph("dynamic") and not on_matmul_graph("static-minmax")
+
+
+def test_every_per_token_recipe_builds_in_the_tuner(teacher_run: Path, tmp_path: Path) -> None:
+    """``pertoken`` (no rotation) and ``pertoken-h16`` built and judged end to end on the tiny teacher, no error."""
+    cfg = Int8Config(calibration=32, held_out=100, recipes=("pertoken", "pertoken-h16"), max_fp32_nodes=0,
+                     timing_rounds=1, min_agreement=0.5, max_drop=1.0, min_speedup=0.0)
+    manifest = run(ExportConfig(run_dir=teacher_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
+                                max_check_sentences=16, progress=False))
+    built = {c["name"]: c["error"] for c in manifest["int8"]["candidates"]}
+    assert built == {"pertoken": "", "pertoken-h16": ""}
+
+
 def test_recipes_are_the_known_ones_each_optionally_smoothed() -> None:
     Int8Config(recipes=("dynamic", "pertoken-h16", "smooth-pertoken-h16", "smooth-blockwise-32")).validate()
     for bad in (("pertoken-h12",), ("smooth-",), ("smooth-smooth-dynamic",), ()):

@@ -118,7 +118,6 @@ from kdfast.metrics import mcc
 
 TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
-PERTOKEN_ROTATED = "pertoken-h"  # pertoken-hB: pertoken with each activation rotated in Hadamard blocks of B
 SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
 
@@ -408,11 +407,10 @@ class Tuner:
             quantize_dynamic_file(src, dst, exclude)
         elif base.startswith("blockwise-"):
             quantize_blockwise_file(src, dst, int(base.removeprefix("blockwise-")), exclude)
-        elif base == "pertoken" or base.startswith(PERTOKEN_ROTATED):
+        elif (block := pertoken_block(base)) is not None:
             if src.name not in self.moments:
                 self.moments[src.name] = input_moments(src, self._reader())
-            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes,
-                                   int(base.removeprefix(PERTOKEN_ROTATED) or 0))
+            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes, block)
         else:
             key = recipe or f"{base}@{src.name}"
             quantize_static_file(src, dst, self.cache(key, src), base.removeprefix("static-"),
@@ -560,7 +558,15 @@ class Tuner:
 def on_matmul_graph(recipe: str) -> bool:
     """Whether ``recipe`` quantizes the plain graph with its Gemms written as MatMuls (``gemm_as_matmul``): the
     recipes whose products take a constant 2-D weight as their second input (blockwise, pertoken)."""
-    return recipe.startswith(("blockwise-", PERTOKEN_ROTATED)) or recipe == "pertoken"
+    return recipe.startswith("blockwise-") or pertoken_block(recipe) is not None
+
+
+def pertoken_block(recipe: str) -> int | None:
+    """The Hadamard block of a per-token recipe (``pertoken-hB``: B; ``pertoken``: 0, no rotation); None for the
+    other recipes."""
+    if recipe == "pertoken":
+        return 0
+    return int(recipe.removeprefix("pertoken-h")) if recipe.startswith("pertoken-h") else None
 
 
 def describe_threads(threads: int) -> str:
