@@ -517,8 +517,7 @@ class Tuner:
                                                     for b, _ in SPEED_BATCHES)
                      + f" ({describe_threads(self.cfg.threads)}): "
                      + ("meets" if c.fast else "fails") + f" the speed rule (≥ {self.cfg.min_speedup:.2f}x)")
-        return max((c for c in accurate if c.fast), default=None,
-                   key=lambda c: min(c.speed[f"batch_{b}"]["speedup"] for b, _ in SPEED_BATCHES))
+        return max((c for c in accurate if c.fast), default=None, key=slower_speedup)
 
     def verdict(self, c: Candidate) -> str:
         speed = ""
@@ -528,31 +527,36 @@ class Tuner:
         return (f"{c.agreement:.2%} agreement (≥ {c.agreement_lower:.2%} at {self.cfg.confidence:.0%}), "
                 f"MCC Δ {-c.mcc_drop:+.4f}{speed}" + (": pass" if c.passed else ""))
 
-    def time(self, candidates: list[Candidate]) -> None:
-        """Batch-1 and batch-32 p50 of ``candidates`` (those that built), against fp32, interleaved in one
-        measurement per batch size."""
+    def p50s(self, names: Sequence[str]) -> dict[int, dict[str, float]]:
+        """Batch size -> p50 ms of fp32 and of the named candidates at each of ``SPEED_BATCHES``, the sessions
+        interleaved call by call, at the serving threads."""
         sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads)}
-        sessions |= {c.name: session(self.files[c.name], self.cfg.threads) for c in candidates if not c.error}
-        for batch, n in SPEED_BATCHES:
-            feeds = timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names, batch, n)
-            p50 = p50_ms(sessions, feeds, self.cfg.timing_rounds)
-            for c in candidates:
-                if c.name in p50 and batch == 1:
-                    c.p50_b1_ms, c.speedup_b1 = p50[c.name], p50["fp32"] / p50[c.name]
-                elif c.name in p50:
-                    c.speedup_b32 = p50["fp32"] / p50[c.name]
+        sessions |= {name: session(self.files[name], self.cfg.threads) for name in names}
+        return {batch: p50_ms(sessions, timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names,
+                                                     batch, n), self.cfg.timing_rounds)
+                for batch, n in SPEED_BATCHES}
+
+    def time(self, candidates: list[Candidate]) -> None:
+        """The search's timing: the speed-ups of ``candidates`` (those that built) at batch 1 and 32, in one
+        measurement."""
+        built = [c for c in candidates if not c.error]
+        p50 = self.p50s([c.name for c in built])
+        for c in built:
+            c.p50_b1_ms = p50[1][c.name]
+            c.speedup_b1, c.speedup_b32 = (p50[b]["fp32"] / p50[b][c.name] for b, _ in SPEED_BATCHES)
 
     def speed(self, c: Candidate) -> dict[str, Any]:
-        """``c`` against fp32 at batch 1 and 32, the two sessions interleaved call by call, at the serving threads."""
-        out: dict[str, Any] = {"threads": self.cfg.threads, "reference": self.inputs.fp32.name}
-        sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads),
-                    c.name: session(self.files[c.name], self.cfg.threads)}
-        for batch, n in SPEED_BATCHES:
-            feeds = timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names, batch, n)
-            p50 = p50_ms(sessions, feeds, self.cfg.timing_rounds)
-            out[f"batch_{batch}"] = {"fp32_p50_ms": p50["fp32"], "int8_p50_ms": p50[c.name],
-                                     "speedup": p50["fp32"] / p50[c.name]}
-        return out
+        """The speed rule's timing: ``c`` against fp32 alone at batch 1 and 32."""
+        p50 = self.p50s([c.name])
+        return {"threads": self.cfg.threads, "reference": self.inputs.fp32.name,
+                **{f"batch_{b}": {"fp32_p50_ms": row["fp32"], "int8_p50_ms": row[c.name],
+                                  "speedup": row["fp32"] / row[c.name]} for b, row in p50.items()}}
+
+
+def slower_speedup(c: Candidate) -> float:
+    """The speed rule's measure of a judged candidate: its slower speed-up of batch 1 and 32."""
+    assert c.speed is not None
+    return min(c.speed[f"batch_{b}"]["speedup"] for b, _ in SPEED_BATCHES)
 
 
 def on_matmul_graph(recipe: str) -> bool:
@@ -670,7 +674,7 @@ def too_slow(judged: list[Candidate], cfg: Int8Config) -> str:
         assert c.speed is not None
         return c.speed["batch_1"]["speedup"], c.speed["batch_32"]["speedup"]
 
-    best = max(judged, key=lambda c: min(speedups(c)))
+    best = max(judged, key=slower_speedup)
     b1, b32 = speedups(best)
     return (f"int8: no accurate candidate is at least {cfg.min_speedup:.2f}x fp32's speed at batch 1 and 32 "
             f"({describe_threads(cfg.threads)}; --int8-min-speedup); the best of {len(judged)}, {best.name} "
