@@ -24,6 +24,7 @@ from kdfast.export.int8 import (
     Int8Config,
     Tuner,
     fallback_steps,
+    p50_ms,
     sentences_sha256,
     session,
     wilson_lower,
@@ -611,6 +612,30 @@ def test_a_recipe_below_the_speed_rule_as_it_is_is_not_searched() -> None:
     assert found["winner"] is None and tuner.built == ["slow", "edge", "edge+fp32:1"]
     assert "below the speed rule" in found["not_searched"]["slow"]
     assert found["not_searched"]["edge"].startswith("stopped at edge+fp32:1: 0.95x")
+
+
+def test_timing_shuffles_the_order_of_the_sessions() -> None:
+    """Every session is timed once in every call, in an order that changes from call to call (a model timed right
+    after a big one is slower): none always runs first, and none always right after fp32."""
+    order: list[str] = []
+
+    class Sess:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> None:
+            order.append(self.name)
+
+    sessions = {n: Sess(n) for n in ("fp32", "a", "b", "c")}
+    p50 = p50_ms(sessions, [{"input_ids": np.zeros((1, 3), np.int64)}] * 4, rounds=5)
+    assert set(p50) == set(sessions)
+    timed = order[16:]  # after one warm-up pass of each over the 4 batches
+    calls = [timed[i:i + 4] for i in range(0, len(timed), 4)]
+    assert len(calls) == 20 and all(sorted(c) == sorted(sessions) for c in calls)
+    assert {c[0] for c in calls} == set(sessions)
+    for name in ("a", "b", "c"):
+        after = [c[c.index(name) - 1] if c.index(name) else None for c in calls]
+        assert 0 < after.count("fp32") < len(calls) and len(set(after)) > 2
 
 
 def fake_p50(ms: dict[str, tuple[float, float]]) -> Any:

@@ -265,16 +265,21 @@ def wilson_lower(share: float, n: int, confidence: float) -> float:
 
 def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
     """Median latency of each session over ``batches``, the sessions interleaved call by call so that a busy
-    moment of a shared machine falls on all of them alike; one untimed warm-up pass each."""
+    moment of a shared machine falls on all of them alike, in an order shuffled from one call to the next (seeded)
+    so that none is always timed right after the same one (a small model timed right after a big one ran 5% slower:
+    the big one's weights had left it nothing in cache); one untimed warm-up pass each."""
     times: dict[str, list[float]] = {k: [] for k in sessions}
+    order = list(sessions)
+    shuffle = random.Random(0).shuffle
     for sess in sessions.values():
         for feeds in batches:
             sess.run(["logits"], feeds)
     for _ in range(rounds):
         for feeds in batches:
-            for name, sess in sessions.items():
+            shuffle(order)
+            for name in order:
                 t = time.perf_counter()
-                sess.run(["logits"], feeds)
+                sessions[name].run(["logits"], feeds)
                 times[name].append(time.perf_counter() - t)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
