@@ -14,9 +14,9 @@ ranking would give within the spread of which nodes it picks. Where Optimum inst
 int8 (``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)``) is measured beside them.
 
 Timing: one ONNX Runtime session per file with ``--threads`` intra-op threads; batches of consecutive dev sentences
-(a seeded sample, as ``kdfast bench`` takes), right-padded; sessions interleaved call by call
-(``kdfast.export.int8.p50_ms``)
-so a busy moment of the shared machine falls on all of them; one untimed warm-up pass. Writes
+(a seeded sample, as ``kdfast bench`` takes), right-padded; sessions taking turns, each timed
+alone through its batches after one untimed call (``kdfast.export.int8.p50_ms``), so a busy moment of the shared
+machine falls on all of them; one untimed warm-up pass. Writes
 ``results/int8-<model>.json`` and ``.md``.
 """
 
@@ -233,7 +233,8 @@ def measure(name: str, folder: Path, inputs: TuneInputs, cola: Any, cfg: Int8Con
 
 def time_rows(rows: list[dict[str, Any]], ids: list[list[int]], inputs: TuneInputs, threads: int, timed: int,
               rounds: int) -> None:
-    """Batch-1 and batch-32 p50 of every row's file, and its ratio to the fp32 row's, in one interleaved run."""
+    """Batch-1 and batch-32 p50 of every row's file, and its ratio to the fp32 row's, in one run, taking turns
+    (p50_ms)."""
     print(f"timing {len(rows)} models at batch 1 and 32, {threads} threads", flush=True)
     sessions = {r["model"]: session(Path(r["file"]), threads) for r in rows}
     for batch, n in ((1, timed), (32, max(1, timed // 32))):
@@ -316,7 +317,7 @@ def side_by_side(models: list[str], run_dir: Path, cola: Any, threads: int, time
                  ) -> dict[str, Any]:
     """Files made elsewhere (``NAME=PATH``; the first is the fp32 reference), e.g. Optimum's int8 made in its own
     environment beside kdfast's export: dev agreement and MCC against the first, and batch-1 / batch-32 p50 all
-    interleaved in one run at ``threads``."""
+    timed in one run, taking turns, at ``threads``."""
     source = load_teacher_for_export(run_dir)
     files = dict(m.split("=", 1) for m in models)
     reference = next(iter(files))
@@ -345,8 +346,9 @@ def side_by_side_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# int8 {result['model']}", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['machine']}; {result['threads']} ONNX Runtime threads "
              "(0: its default); load average {0} before the timing, {1} after; {2} dev sentences timed, {3} rounds, "
-             "every model interleaved call by call.".format(result["load_before_timing"], result["load_after_timing"],
-                                                           result["timed_sentences"], result["rounds"]), "",
+             "every model timed alone in turns (p50_ms).".format(
+                 result["load_before_timing"], result["load_after_timing"], result["timed_sentences"],
+                 result["rounds"]), "",
              f"Command: `{result['command']}`.", "",
              "| model | MB | b1 p50 ms | b1 vs fp32 | b32 p50 ms | b32 vs fp32 | dev agreement | dev MCC | dev Δ MCC |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

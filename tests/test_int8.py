@@ -300,7 +300,7 @@ def test_three_classes(tmp_path: Path) -> None:
     assert report["method"].startswith("accuracy-aware: of the candidates that hold the rule on held-out ")
     assert report["rule"] == {"min_agreement": 0.5, "max_mcc_drop": 1, "metric": "mcc", "confidence": 0.95}
     assert report["speed_rule"] == {"min_speedup": 0.0, "batches": [1, 32], "threads": 0,
-                                    "statistic": "p50, interleaved with fp32 in one run"}
+                                    "statistic": "p50, taking turns with fp32 in one run, each alone"}
     data = CalibrationSet.draw(train, 50, 200, cfg.seed, cfg.perturbed)
     calibration = report["calibration"]
     assert (calibration["split"], calibration["seed"], calibration["sentences"], calibration["held_out"],
@@ -614,28 +614,30 @@ def test_a_recipe_below_the_speed_rule_as_it_is_is_not_searched() -> None:
     assert found["not_searched"]["edge"].startswith("stopped at edge+fp32:1: 0.95x")
 
 
-def test_timing_shuffles_the_order_of_the_sessions() -> None:
-    """Every session is timed once in every call, in an order that changes from call to call (a model timed right
-    after a big one is slower): none always runs first, and none always right after fp32."""
-    order: list[str] = []
+def test_timing_runs_each_session_alone_in_turns() -> None:
+    """Each round times every session through all batches back to back, after one untimed call (the previous
+    session's spinning threads settle), the sessions taking turns in an order that changes from round to round;
+    the p50 is over each session's own calls."""
+    calls: list[tuple[str, int]] = []
 
     class Sess:
         def __init__(self, name: str) -> None:
             self.name = name
 
         def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> None:
-            order.append(self.name)
+            calls.append((self.name, int(feeds["input_ids"][0, 0])))
 
     sessions = {n: Sess(n) for n in ("fp32", "a", "b", "c")}
-    p50 = p50_ms(sessions, [{"input_ids": np.zeros((1, 3), np.int64)}] * 4, rounds=5)
+    batches = [{"input_ids": np.full((1, 3), i, np.int64)} for i in range(3)]
+    p50 = p50_ms(sessions, batches, rounds=6)
     assert set(p50) == set(sessions)
-    timed = order[16:]  # after one warm-up pass of each over the 4 batches
-    calls = [timed[i:i + 4] for i in range(0, len(timed), 4)]
-    assert len(calls) == 20 and all(sorted(c) == sorted(sessions) for c in calls)
-    assert {c[0] for c in calls} == set(sessions)
-    for name in ("a", "b", "c"):
-        after = [c[c.index(name) - 1] if c.index(name) else None for c in calls]
-        assert 0 < after.count("fp32") < len(calls) and len(set(after)) > 2
+    rounds = calls[12:]  # after one warm-up pass of each over the 3 batches
+    blocks = [rounds[i:i + 4] for i in range(0, len(rounds), 4)]  # an untimed call, then the 3 batches
+    assert len(blocks) == 24 and all([b for _, b in block] == [0, 0, 1, 2] for block in blocks)
+    assert all(len({n for n, _ in block}) == 1 for block in blocks)  # one session's calls back to back
+    order = [[blocks[4 * r + i][0][0] for i in range(4)] for r in range(6)]
+    assert all(sorted(o) == sorted(sessions) for o in order)  # every session once a round
+    assert len({o[0] for o in order}) > 1 and len({tuple(o) for o in order}) > 1  # in turns that change
 
 
 def fake_p50(ms: dict[str, tuple[float, float]]) -> Any:
@@ -677,7 +679,7 @@ def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_r
     assert speed["batch_32"] == {"fp32_p50_ms": 100.0, "int8_p50_ms": 80.0, "speedup": 1.25}
     assert speed["verdict"] == "pass" and speed["min_speedup"] == 1.0 and speed["threads"] == 1
     assert int8["speed_rule"] == {"min_speedup": 1.0, "batches": [1, 32], "threads": 1,
-                                  "statistic": "p50, interleaved with fp32 in one run"}
+                                  "statistic": "p50, taking turns with fp32 in one run, each alone"}
     on_disk = json.loads((run_dir / "onnx" / MANIFEST).read_text())
     assert on_disk["int8"]["speed"] == speed
     latency = on_disk["latency"]  # what auto reads, timed at the same threads

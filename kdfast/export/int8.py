@@ -42,21 +42,22 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   blockwise-64 pass the rule, but blockwise is no faster there than blockwise-32 within the noise, so it is not a
   default (docs/export.md, issue 25).
 
-The search: every recipe is built and judged as it is, and timed against fp32 at batch 1 and 32 in one interleaved
-run; "faster" below is by the slower of its two speed-ups (``Candidate.pace``), as the speed rule judges both. A
-recipe that fails gets its nodes ranked and kept fp32 a few more at a time, fastest recipe first, until a candidate
-passes or runs no faster than one that passed already (keeping more nodes fp32 only slows it down): a recipe slower
-than a passing candidate, or already below the speed rule as it is, is not searched at all. Each passing candidate is
-then timed against fp32 at batch 1 and 32 once more (the speed rule's measurement); of those that meet the speed
-rule, the one whose slower speed-up is the highest is kept.
+The search: every recipe is built and judged as it is, and timed against fp32 at batch 1 and 32 in one run, the
+sessions taking turns (``p50_ms``); "faster" below is by the slower of its two speed-ups (``Candidate.pace``), as
+the speed rule judges both. A recipe that fails gets its nodes ranked and kept fp32 a few more at a time, fastest
+recipe first, until a candidate passes or runs no faster than one that passed already (keeping more nodes fp32 only
+slows it down): a recipe slower than a passing candidate, or already below the speed rule as it is, is not searched
+at all. Each passing candidate is then timed against fp32 at batch 1 and 32 once more (the speed rule's
+measurement); of those that meet the speed rule, the one whose slower speed-up is the highest is kept.
 
 The speed rule: an int8 slower than fp32 is never kept. The candidate kept must run at least ``min_speedup`` times
-fp32's speed (p50 latency, fp32 and int8 timed interleaved in one run) at batch 1 AND at batch 32, at the ONNX
-Runtime thread count it will serve with (``threads``; 0 is ONNX Runtime's default, what ``kdfast predict`` and
-``serve`` use without ``--threads``). An accurate candidate that fails it is passed over for the next accurate one;
-when none meets it, nothing is written and the error says the best one's agreement and both speed-ups. The default
-1.0 means "never slower"; the issue's goal (1.6x at batch 1 and 32 on the MiniLM and GPT-2-size teachers) is not met
-everywhere and is not the default.
+fp32's speed (p50 latency, fp32 and int8 taking turns in one run, each alone on the cores) at batch 1 AND at batch
+32, at the ONNX Runtime thread count it will serve with (``threads``; 0 is ONNX Runtime's default, what ``kdfast
+predict`` and ``serve`` use without ``--threads``), its threads spinning between runs as ONNX Runtime's defaults
+and ``predict`` have them (``serve`` turns spinning off: docs/export.md measures both). An accurate candidate that
+fails it is passed over for the next accurate one; when none meets it, nothing is written and the error says the
+best one's agreement and both speed-ups. The default 1.0 means "never slower"; the issue's goal (1.6x at batch 1
+and 32 on the MiniLM and GPT-2-size teachers) is not met everywhere and is not the default.
 
 A candidate passes when the rule holds with confidence, not by its point estimate: the one-sided lower confidence
 bound (Wilson score, ``confidence`` 95%) of its agreement must reach ``min_agreement``, a held-out sentence and its
@@ -264,10 +265,12 @@ def wilson_lower(share: float, n: int, confidence: float) -> float:
 
 
 def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
-    """Median latency of each session over ``batches``, the sessions interleaved call by call so that a busy
-    moment of a shared machine falls on all of them alike, in an order shuffled from one call to the next (seeded)
-    so that none is always timed right after the same one (a small model timed right after a big one ran 5% slower:
-    the big one's weights had left it nothing in cache); one untimed warm-up pass each."""
+    """Median latency of each session over ``batches``. Each round runs every session in turn, in an order shuffled
+    from round to round (seeded), through all of ``batches`` back to back after one untimed call: a session is
+    timed as it serves, alone on the cores, its threads warm and its weights in cache, and the sessions take turns
+    so that a busy moment of a shared machine falls on all of them alike. (Call-by-call interleaving timed each call
+    beside the previous session's threads, which ONNX Runtime keeps spinning after a run: on two cores that doubled
+    fp32's batch-1 latency and hid 20% of int8's gain at batch 32.) One untimed pass of each over ``batches`` first."""
     times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
     shuffle = random.Random(0).shuffle
@@ -275,11 +278,13 @@ def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], round
         for feeds in batches:
             sess.run(["logits"], feeds)
     for _ in range(rounds):
-        for feeds in batches:
-            shuffle(order)
-            for name in order:
+        shuffle(order)
+        for name in order:
+            sess = sessions[name]
+            sess.run(["logits"], batches[0])  # the previous session's threads settle
+            for feeds in batches:
                 t = time.perf_counter()
-                sessions[name].run(["logits"], feeds)
+                sess.run(["logits"], feeds)
                 times[name].append(time.perf_counter() - t)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
@@ -534,7 +539,7 @@ class Tuner:
 
     def p50s(self, names: Sequence[str]) -> dict[int, dict[str, float]]:
         """Batch size -> p50 ms of fp32 and of the named candidates at each of ``SPEED_BATCHES``, the sessions
-        interleaved call by call, at the serving threads."""
+        taking turns (:func:`p50_ms`), at the serving threads."""
         sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads)}
         sessions |= {name: session(self.files[name], self.cfg.threads) for name in names}
         return {batch: p50_ms(sessions, timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names,
@@ -626,7 +631,7 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
         "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
                  "confidence": cfg.confidence},
         "speed_rule": {"min_speedup": cfg.min_speedup, "batches": [b for b, _ in SPEED_BATCHES],
-                       "threads": cfg.threads, "statistic": "p50, interleaved with fp32 in one run"},
+                       "threads": cfg.threads, "statistic": "p50, taking turns with fp32 in one run, each alone"},
         "calibration": {"split": "train", "seed": cfg.seed, "sentences": len(data.calibration),
                         "sha256": sentences_sha256([e.text for e in data.calibration]),
                         "held_out": len(data.held_out),
