@@ -117,7 +117,7 @@ from kdfast.export.quantize import (
 )
 from kdfast.metrics import mcc
 
-TIMING_SENTENCES = 8  # batch-1 calls per round of the speed measurement
+TIMING_SENTENCES = 32  # batch-1 calls per round of the speed measurement: enough for their lengths to be typical
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
 SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
