@@ -140,6 +140,8 @@ class Int8Config:
     min_speedup: float = option(1.0, "int8 speed rule: the kept model is at least this x fp32's speed at batch 1 and "
                                 "32, else none is written (1.0: never slower; the 1.6x goal of issue 25 is not met "
                                 "everywhere).")
+    spin: bool = option(True, "int8 speed rule: time with ONNX Runtime's threads spinning between runs, as "
+                        "predict runs them (--no-int8-spin: idle threads sleep, as serve runs them).")
     timing_rounds: int = 5  # rounds in which fp32 and each candidate take turns (p50_ms)
     batch_size: int = 64  # sentences per batch when scoring (as the parity check batches)
     seed: int = 0

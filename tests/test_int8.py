@@ -299,7 +299,7 @@ def test_three_classes(tmp_path: Path) -> None:
     # the manifest's record: the rules as given, what was read, and the winner's numbers
     assert report["method"].startswith("accuracy-aware: of the candidates that hold the rule on held-out ")
     assert report["rule"] == {"min_agreement": 0.5, "max_mcc_drop": 1, "metric": "mcc", "confidence": 0.95}
-    assert report["speed_rule"] == {"min_speedup": 0.0, "batches": [1, 32], "threads": 0,
+    assert report["speed_rule"] == {"min_speedup": 0.0, "batches": [1, 32], "threads": 0, "spin": True,
                                     "statistic": "p50, taking turns with fp32 in one run, each alone"}
     data = CalibrationSet.draw(train, 50, 200, cfg.seed, cfg.perturbed)
     calibration = report["calibration"]
@@ -660,12 +660,19 @@ def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_r
     import kdfast.export.int8 as int8_module
     from kdfast.serve.predict import ONNX_RUNTIMES, choose_runtime, passed_variants
 
-    monkeypatch.setattr(int8_module, "p50_ms", fake_p50({"fp32": (10.0, 100.0), "dynamic": (5.0, 200.0),
-                                                         "blockwise-32": (8.0, 80.0)}))
+    fake = fake_p50({"fp32": (10.0, 100.0), "dynamic": (5.0, 200.0), "blockwise-32": (8.0, 80.0)})
+    spinning: set[str] = set()
+
+    def timed(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+        spinning.update(s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+                        for s in sessions.values())
+        return fake(sessions, batches, rounds)
+
+    monkeypatch.setattr(int8_module, "p50_ms", timed)
     run_dir = tmp_path / "teacher"
     shutil.copytree(teacher_run, run_dir, ignore=shutil.ignore_patterns("onnx"))
     cfg = Int8Config(calibration=32, held_out=100, recipes=("dynamic", "blockwise-32"), timing_rounds=1,
-                     min_agreement=0.5, max_drop=1.0)
+                     min_agreement=0.5, max_drop=1.0, spin=False)  # timed as serve runs: idle threads sleep
     manifest = run(ExportConfig(run_dir=run_dir, int8=True, int8_tuning=cfg, threads=1, max_check_sentences=16,
                                 progress=False))
     int8 = manifest["int8"]
@@ -678,8 +685,9 @@ def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_r
     assert speed["batch_1"] == {"fp32_p50_ms": 10.0, "int8_p50_ms": 8.0, "speedup": 1.25}
     assert speed["batch_32"] == {"fp32_p50_ms": 100.0, "int8_p50_ms": 80.0, "speedup": 1.25}
     assert speed["verdict"] == "pass" and speed["min_speedup"] == 1.0 and speed["threads"] == 1
-    assert int8["speed_rule"] == {"min_speedup": 1.0, "batches": [1, 32], "threads": 1,
+    assert int8["speed_rule"] == {"min_speedup": 1.0, "batches": [1, 32], "threads": 1, "spin": False,
                                   "statistic": "p50, taking turns with fp32 in one run, each alone"}
+    assert spinning == {"0"} and speed["spin"] is False  # every timed session had its threads sleep
     on_disk = json.loads((run_dir / "onnx" / MANIFEST).read_text())
     assert on_disk["int8"]["speed"] == speed
     latency = on_disk["latency"]  # what auto reads, timed at the same threads

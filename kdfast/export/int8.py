@@ -206,7 +206,9 @@ class ReadLog:
 # --- scoring and timing
 
 
-def session(path: Path, threads: int = 0) -> Any:
+def session(path: Path, threads: int = 0, spin: bool = True) -> Any:
+    """An ONNX Runtime CPU session of ``path`` at ``threads`` intra-op threads (0: its default); ``spin`` False: idle
+    threads sleep instead of spinning between runs (``kdfast serve``'s setting)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -215,6 +217,8 @@ def session(path: Path, threads: int = 0) -> Any:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -540,8 +544,8 @@ class Tuner:
     def p50s(self, names: Sequence[str]) -> dict[int, dict[str, float]]:
         """Batch size -> p50 ms of fp32 and of the named candidates at each of ``SPEED_BATCHES``, the sessions
         taking turns (:func:`p50_ms`), at the serving threads."""
-        sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads)}
-        sessions |= {name: session(self.files[name], self.cfg.threads) for name in names}
+        sessions = {"fp32": session(self.inputs.fp32, self.cfg.threads, self.cfg.spin)}
+        sessions |= {name: session(self.files[name], self.cfg.threads, self.cfg.spin) for name in names}
         return {batch: p50_ms(sessions, timing_feeds(self.held_ids, self.inputs.pad_id, self.inputs.input_names,
                                                      batch, n), self.cfg.timing_rounds)
                 for batch, n in SPEED_BATCHES}
@@ -558,7 +562,7 @@ class Tuner:
     def speed(self, c: Candidate) -> dict[str, Any]:
         """The speed rule's timing: ``c`` against fp32 alone at batch 1 and 32."""
         p50 = self.p50s([c.name])
-        return {"threads": self.cfg.threads, "reference": self.inputs.fp32.name,
+        return {"threads": self.cfg.threads, "spin": self.cfg.spin, "reference": self.inputs.fp32.name,
                 **{f"batch_{b}": {"fp32_p50_ms": row["fp32"], "int8_p50_ms": row[c.name],
                                   "speedup": row["fp32"] / row[c.name]} for b, row in p50.items()}}
 
@@ -631,7 +635,8 @@ def tune(inputs: TuneInputs, train: Sequence[Example], dst: Path, cfg: Int8Confi
         "rule": {"min_agreement": cfg.min_agreement, "max_mcc_drop": cfg.max_drop, "metric": "mcc",
                  "confidence": cfg.confidence},
         "speed_rule": {"min_speedup": cfg.min_speedup, "batches": [b for b, _ in SPEED_BATCHES],
-                       "threads": cfg.threads, "statistic": "p50, taking turns with fp32 in one run, each alone"},
+                       "threads": cfg.threads, "spin": cfg.spin,
+                       "statistic": "p50, taking turns with fp32 in one run, each alone"},
         "calibration": {"split": "train", "seed": cfg.seed, "sentences": len(data.calibration),
                         "sha256": sentences_sha256([e.text for e in data.calibration]),
                         "held_out": len(data.held_out),
