@@ -42,6 +42,7 @@ Everything here needs onnx and onnxruntime, imported inside the functions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,22 +139,33 @@ def gptq_int8(w: np.ndarray, h: np.ndarray, damp: float = GPTQ_DAMP, block: int 
     return codes.T.numpy().astype(np.int8), scale.numpy().astype(np.float32)
 
 
-_RANKS: dict[tuple[str, int, int], dict[str, int]] = {}  # (file, mtime, size) -> its tensors' ranks
-
-
-def activation_ranks(model: Any, path: Path) -> dict[str, int]:
-    """The rank of each tensor of ``model`` (loaded from ``path``) that ONNX's shape inference can tell (dimensions
-    may stay symbolic); inferred once per file, the tuner building many candidates from one."""
+def load_source(path: Path) -> tuple[Any, dict[str, int]]:
+    """``path``'s model at :data:`OPSET`, and the rank of each of its tensors that ONNX's shape inference can tell
+    (dimensions may stay symbolic); read, inferred and converted once per file (:func:`_source`): the tuner builds
+    many candidates from one, and the conversion alone is half a build."""
     import onnx
 
     st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _RANKS:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-        _RANKS[key] = {v.name: len(v.type.tensor_type.shape.dim) for v in infos
-                       if v.type.tensor_type.HasField("shape")}
-    return _RANKS[key]
+    data, ranks = _source(str(path), st.st_mtime_ns, st.st_size)
+    return onnx.load_from_string(data), ranks
+
+
+@functools.lru_cache(maxsize=1)
+def _source(path: str, mtime_ns: int, size: int) -> tuple[bytes, dict[str, int]]:
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(path)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset < OPSET:  # QuantizeLinear's scale per block of values: opset 21
+        model = version_converter.convert_version(model, OPSET)
+        # the converter leaves its inferred shapes in the graph; with them ONNX Runtime fuses each bias + residual +
+        # LayerNorm into SkipLayerNormalization, 3x slower on CPU than the three ops it replaces (MiniLM, batch 32)
+        del model.graph.value_info[:]
+    return model.SerializeToString(), ranks
 
 
 def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments: dict[str, np.ndarray] | None,
@@ -164,16 +176,9 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
     (:func:`input_moments` of ``src``), or plainly rounded when None. ``memo`` keeps each weight's codes between
     calls on the same ``src`` (the tuner builds many candidates). Returns how many products were quantized."""
     import onnx
-    from onnx import helper, numpy_helper, version_converter
+    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    ranks = activation_ranks(model, src) if block else {}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    if opset < OPSET:  # QuantizeLinear's scale per block of values: opset 21
-        model = version_converter.convert_version(model, OPSET)
-        # the converter leaves its inferred shapes in the graph; with them ONNX Runtime fuses each bias + residual +
-        # LayerNorm into SkipLayerNormalization, 3x slower on CPU than the three ops it replaces (MiniLM, batch 32)
-        del model.graph.value_info[:]
+    model, ranks = load_source(src)
     groups = {act: kept for act, nodes in weight_products(model).items()
               if (kept := [n for n in nodes if n.name not in exclude])}
     graph = model.graph
