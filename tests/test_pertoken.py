@@ -207,3 +207,37 @@ def test_input_moments_are_of_real_tokens_only(tmp_path: Path) -> None:
     h = input_moments(tmp_path / "m.onnx", reader)["h"]
     tokens = emb[[t for r in rows for t in r]].astype(np.float64)
     np.testing.assert_allclose(h, tokens.T @ tokens, rtol=1e-6)
+
+
+def test_one_zero_point_per_leading_shape(tmp_path: Path) -> None:
+    """The blocked quantizer's zero point (the scale's shape: the activation's but the last dimension) is quantized
+    once for activations whose leading dimensions symbolic shape inference proves equal, and the products still
+    equal the reference: x (B, T, 64) and relu(x @ w0) (B, T, 64) share one; mean(x) over T (B, 64) has its own, and
+    so does y, whose leading dimensions inference cannot tell."""
+    rng = np.random.default_rng(8)
+    w0, w1, w2 = (rng.normal(size=(64, n)).astype(np.float32) for n in (64, 48, 8))
+    w3 = rng.normal(size=(8, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+             helper.make_node("Relu", ["h0"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["y1"], name="mm1"),
+             helper.make_node("ReduceMean", ["x"], ["p"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["p", "w2"], ["y2"], name="mm2"),
+             helper.make_node("Reshape", ["y2", "shape"], ["u"]),  # (B, 8) -> (-1, 8): unknown to inference
+             helper.make_node("MatMul", ["u", "w3"], ["y3"], name="mm3")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 64]),
+                     helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in ("h0", "y1", "y2", "y3")],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate((w0, w1, w2, w3))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fp32.onnx"))
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None) == 4
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    assert len(token_quantizers(model)) == 4  # one quantizer per activation, three zero points among them
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 4 + 3
+    x = rng.normal(size=(3, 5, 64)).astype(np.float32)
+    h0, y1, y2, y3 = session(tmp_path / "int8.onnx").run(["h0", "y1", "y2", "y3"],
+                                                         {"x": x, "shape": np.array([-1, 8])})
+    np.testing.assert_allclose(h0, reference(x, w0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y1, reference(np.maximum(h0, 0), w1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y2, reference(x.mean(1), w2), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y3, reference(y2, w3), rtol=1e-4, atol=1e-4)
