@@ -639,13 +639,25 @@ def test_timing_runs_each_session_alone_in_turns() -> None:
     assert all(sorted(o) == sorted(sessions) for o in order)  # every session once a round
     assert len({o[0] for o in order}) > 1 and len({tuple(o) for o in order}) > 1  # in turns that change
 
+    calls.clear()  # a list of batches per session (inputs that differ), and a budget spent after the first round
+    own = {n: [{"input_ids": np.full((1, 3), 10 * i + j, np.int64)} for j in range(2)] for i, n in enumerate(sessions)}
+    assert set(p50_ms(sessions, own, rounds=6, budget_s=0.0)) == set(sessions)
+    assert len(calls) == 4 * 2 + 4 * 3  # the warm-up pass, then one round: an untimed call and two timed each
+    assert all(b // 10 == list(sessions).index(n) for n, b in calls)  # each session ran its own batches only
+
 
 def fake_p50(ms: dict[str, tuple[float, float]]) -> Any:
-    """``p50_ms`` with scripted latencies: (batch-1, batch-32) ms by session name, "fp32" included."""
-    def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
+    """``p50_ms`` with scripted latencies: (batch-1, batch-32) ms by session name, "fp32" included; the export's
+    batch-1 latencies of every variant (its feeds per variant, for ``auto``) are timed for real."""
+    real = p50_ms
+
+    def scripted(sessions: dict[str, Any], batches: Any, rounds: int, budget_s: float | None = None
+                 ) -> dict[str, float]:
+        if isinstance(batches, dict):
+            return real(sessions, batches, rounds, budget_s)
         batch = batches[0]["input_ids"].shape[0]
         return {name: ms[name][0 if batch == 1 else 1] for name in sessions}
-    return p50_ms
+    return scripted
 
 
 def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_reads(
@@ -663,10 +675,12 @@ def test_export_keeps_the_next_accurate_candidate_and_records_the_timings_auto_r
     fake = fake_p50({"fp32": (10.0, 100.0), "dynamic": (5.0, 200.0), "blockwise-32": (8.0, 80.0)})
     spinning: set[str] = set()
 
-    def timed(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
-        spinning.update(s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-                        for s in sessions.values())
-        return fake(sessions, batches, rounds)
+    def timed(sessions: dict[str, Any], batches: Any, rounds: int, budget_s: float | None = None
+              ) -> dict[str, float]:
+        if not isinstance(batches, dict):  # the speed rule's
+            spinning.update(s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+                            for s in sessions.values())
+        return fake(sessions, batches, rounds, budget_s)
 
     monkeypatch.setattr(int8_module, "p50_ms", timed)
     run_dir = tmp_path / "teacher"

@@ -89,7 +89,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,28 +268,35 @@ def wilson_lower(share: float, n: int, confidence: float) -> float:
     return (centre - spread) / (1 + z * z / n)
 
 
-def p50_ms(sessions: dict[str, Any], batches: list[dict[str, np.ndarray]], rounds: int) -> dict[str, float]:
-    """Median latency of each session over ``batches``. Each round runs every session in turn, in an order shuffled
-    from round to round (seeded), through all of ``batches`` back to back after one untimed call: a session is
-    timed as it serves, alone on the cores, its threads warm and its weights in cache, and the sessions take turns
-    so that a busy moment of a shared machine falls on all of them alike. (Call-by-call interleaving timed each call
-    beside the previous session's threads, which ONNX Runtime keeps spinning after a run: on two cores that doubled
-    fp32's batch-1 latency and hid 20% of int8's gain at batch 32.) One untimed pass of each over ``batches`` first."""
+def p50_ms(sessions: dict[str, Any], batches: Sequence[dict[str, np.ndarray]] | Mapping[str, Sequence[dict[str, Any]]],
+           rounds: int, budget_s: float | None = None) -> dict[str, float]:
+    """Median latency of each session over ``batches`` (one list for all, or a list per session's name, for
+    sessions whose inputs differ). Each round runs every session in turn, in an order shuffled from round to round
+    (seeded), through all of its batches back to back after one untimed call: a session is timed as it serves, alone
+    on the cores, its threads warm and its weights in cache, and the sessions take turns so that a busy moment of a
+    shared machine falls on all of them alike. (Call-by-call interleaving timed each call beside the previous
+    session's threads, which ONNX Runtime keeps spinning after a run: on two cores that doubled fp32's batch-1
+    latency and hid 20% of int8's gain at batch 32.) One untimed pass of each over its batches first; no round starts
+    once ``budget_s`` seconds of rounds are spent (a large model), the first always runs."""
+    per = batches if isinstance(batches, Mapping) else {k: batches for k in sessions}
     times: dict[str, list[float]] = {k: [] for k in sessions}
     order = list(sessions)
     shuffle = random.Random(0).shuffle
-    for sess in sessions.values():
-        for feeds in batches:
+    for name, sess in sessions.items():
+        for feeds in per[name]:
             sess.run(["logits"], feeds)
+    start = time.perf_counter()
     for _ in range(rounds):
         shuffle(order)
         for name in order:
             sess = sessions[name]
-            sess.run(["logits"], batches[0])  # the previous session's threads settle
-            for feeds in batches:
+            sess.run(["logits"], per[name][0])  # the previous session's threads settle
+            for feeds in per[name]:
                 t = time.perf_counter()
                 sess.run(["logits"], feeds)
                 times[name].append(time.perf_counter() - t)
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            break
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 

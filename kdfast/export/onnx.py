@@ -502,13 +502,13 @@ def time_variants(source: ExportSource, folder: Path, plan: list[dict[str, Any]]
                   rounds: int = 15, budget_s: float = 3.0, threads: int = 0) -> dict[str, Any]:
     """Each CPU variant's batch-1 latency, for ``--runtime auto`` to take the fastest that passed its check.
 
-    One sentence at a time (six of them, in turn), on ONNX Runtime's CPU provider with ``threads`` intra-op threads
-    (0: its default, as ``kdfast predict`` runs without ``--threads``); the variants take turns round by round, so a
-    machine busy for a moment slows them alike; the median of each. At most ``rounds`` rounds, fewer once
-    ``budget_s`` is spent (a large teacher)."""
-    import time
-
-    from kdfast.export.int8 import session
+    One sentence at a time (six of them), on ONNX Runtime's CPU provider with ``threads`` intra-op threads (0: its
+    default, as ``kdfast predict`` runs without ``--threads``), timed as the int8 speed rule times
+    (:func:`kdfast.export.int8.p50_ms`): in each round each variant runs alone through the sentences after one
+    untimed call, in an order shuffled from round to round, so neither the previous variant's spinning threads nor a
+    busy moment of the machine falls on one more than another; the median of each. At most ``rounds`` rounds, fewer
+    once ``budget_s`` is spent (a large teacher)."""
+    from kdfast.export.int8 import p50_ms, session
     from kdfast.export.parity import feeds
 
     timed = [v for v in plan if v["variant"] in ("fp32", "optimized", "int8")]  # fp16 is for the GPU
@@ -516,22 +516,9 @@ def time_variants(source: ExportSource, folder: Path, plan: list[dict[str, Any]]
     batches = [pad_batch([row], source.pad_id) for row in source.encode(LATENCY_SENTENCES)]  # (1, T) each
     sessions = {v["variant"]: session(folder / v["file"], threads) for v in timed}
     inputs = {k: [feeds(i, m, [x.name for x in s.get_inputs()]) for i, m in batches] for k, s in sessions.items()}
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
-    for k, sess in sessions.items():  # warm-up: the first runs allocate
-        for feed in inputs[k][:2]:
-            sess.run(["logits"], feed)
-    start = time.perf_counter()
-    for _ in range(rounds):
-        for k, sess in sessions.items():
-            for feed in inputs[k]:
-                t0 = time.perf_counter()
-                sess.run(["logits"], feed)
-                samples[k].append(1000 * (time.perf_counter() - t0))
-        if time.perf_counter() - start > budget_s:
-            break
+    ms = p50_ms(sessions, inputs, rounds, budget_s) if sessions else {}
     return {"batch": 1, "provider": "CPUExecutionProvider", "threads": threads, "sentences": len(LATENCY_SENTENCES),
-            "runs": len(next(iter(samples.values()), [])), "statistic": "median",
-            "ms": {k: float(np.median(v)) for k, v in samples.items()}}
+            "statistic": "p50, taking turns, each alone", "ms": ms}
 
 
 def _version(dist: str) -> str | None:
