@@ -29,8 +29,15 @@ from kdfast.export.int8 import (
     session,
     wilson_lower,
 )
-from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, run
-from kdfast.export.quantize import UnpaddedReader, calibrate, gemm_as_matmul, quantize_blockwise_file, weight_nodes
+from kdfast.export.onnx import MANIFEST, ExportConfig, ParityError, load_teacher_for_export, run
+from kdfast.export.quantize import (
+    UnpaddedReader,
+    calibrate,
+    gemm_as_matmul,
+    matmul_graph,
+    quantize_blockwise_file,
+    weight_nodes,
+)
 
 N_CHECK = 128
 # Small enough for a test, large enough that the rule means something. The speed rule off (min_speedup 0): whether
@@ -358,20 +365,47 @@ def test_gemm_as_matmul_is_the_same_model(teacher_run: Path, tmp_path: Path) -> 
     assert ops.count("MatMulNBits") == len(weight_nodes(dst, ("MatMul",))) - 1  # all but the one excluded
     blockwise = session(tmp_path / "blockwise.onnx").run(["logits"], feeds)[0]
     assert np.abs(blockwise - want).max() < 0.05 * np.abs(want).max() + 1e-3  # int8: close, not equal
+    # what blockwise and per-token quantize: that graph with each attention fused, the same model again
+    layers = sum(n.op_type == "Softmax" for n in onnx.load(str(dst)).graph.node)
+    fused = tmp_path / "fused.onnx"
+    assert layers and matmul_graph(src, fused, load_teacher_for_export(teacher_run).num_heads) == layers
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
+    assert set(weight_nodes(fused, ("MatMul",), weight_input=1)) == set(weight_nodes(dst, ("MatMul",), weight_input=1))
+    feeds["attention_mask"][1, 4:] = 0  # padding too
+    np.testing.assert_allclose(session(fused).run(["logits"], feeds)[0], session(dst).run(["logits"], feeds)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert matmul_graph(src, fused) == 0 and "MultiHeadAttention" not in {  # no heads given: not fused
+        n.op_type for n in onnx.load(str(fused)).graph.node}
+    # a layer whose output's shape is read for something else than its final Reshape stays as it was
+    from onnx import helper
+
+    from kdfast.export.attention import fuse_attention
+
+    model = onnx.load(str(dst))
+    probs = next(n for n in model.graph.node if n.op_type == "Softmax").output[0]
+    readers = {i: [n for n in model.graph.node if i in n.input] for n in model.graph.node for i in n.output}
+    node = readers[probs][0]
+    while node.op_type != "Transpose":  # the Cast, the product with v, then the heads' transpose back
+        node = readers[node.output[0]][0]
+    shape = next(n for n in readers[node.output[0]] if n.op_type == "Shape")
+    model.graph.output.append(helper.make_tensor_value_info(shape.output[0], onnx.TensorProto.INT64, None))
+    assert fuse_attention(model, load_teacher_for_export(teacher_run).num_heads) == layers - 1
 
 
-def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[str, Any]], teacher_run: Path,
+                                                         tmp_path: Path) -> None:
     """Blockwise and per-token int8 scale each token's activations alone, so a sentence gets the same logits alone
     and padded in a batch beside longer sentences; dynamic int8's one scale per call is set by the whole batch (the
     contrast shows the check can fail). The tiny GPT-2 teacher, every weight product (Conv1D too, as MatMul)
-    quantized; attention's own products read no constant and stay fp32."""
+    quantized on the tuner's graph, attention fused (``MultiHeadAttention`` in fp32)."""
     import onnx
 
     from kdfast.export.pertoken import quantize_pertoken_file
     from kdfast.export.quantize import quantize_dynamic_file
 
     out, manifest = tuned
-    gemm_as_matmul(out / "model.onnx", tmp_path / "matmul.onnx")
+    assert matmul_graph(out / "model.onnx", tmp_path / "matmul.onnx", load_teacher_for_export(teacher_run).num_heads)
     quantize_blockwise_file(tmp_path / "matmul.onnx", tmp_path / "blockwise.onnx", 32, exclude=[])
     quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
     quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken-h16.onnx", [], None, block=16)
@@ -1009,7 +1043,6 @@ def test_a_smoothed_recipe_chooses_its_alpha_and_stays_close_to_fp32(teacher_run
     import onnx
 
     from kdfast.export.int8 import SMOOTH_ALPHAS, TuneInputs
-    from kdfast.export.onnx import load_teacher_for_export
 
     out = tmp_path / "onnx"
     run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))

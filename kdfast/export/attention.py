@@ -5,12 +5,16 @@ ONNX Runtime's transformer optimizer fuses attention by matching the graphs olde
 GPT-2 and BERT optimizers then fuse nothing. Exported with eager attention, each layer still holds the plain chain
 
     q, k, v (B, S, D) ─ Reshape (B, S, N, H) ─ Transpose: q (B, N, S, H), k (B, N, H, S), v (B, N, S, H)
-    MatMul(q, k) ─ Mul(scale) ─ Add(mask) ─ Softmax ─ MatMul(·, v) ─ Transpose (B, S, N, H) ─ Reshape (B, S, D)
+    MatMul(q, k) ─ Mul(scale) ─ Add(mask) ─ Softmax [─ Cast to float] ─ MatMul(·, v) ─ Transpose (B, S, N, H)
+    ─ Reshape (B, S, D)
 
 which is exactly ``MultiHeadAttention(q, k, v, attention_bias=mask, num_heads=N, scale=scale)``: one node in place
 of about twenty small ones per layer. ``fuse_attention`` rewrites every chain that matches this shape exactly
-(permutations, a constant scalar scale, Softmax on the last axis, single consumers along the chain) and leaves any
-other graph alone; export's parity check then holds the fused model to the same tolerance as the unfused one.
+(permutations, a constant scalar scale, Softmax on the last axis, single consumers along the chain, except the
+``Shape`` reads of a raw export whose results only make the final Reshape's target) and leaves any other graph alone;
+export's parity check then holds the fused model to the same tolerance as the unfused one. The int8 recipes that
+quantize weight products one by one (blockwise, per-token) quantize the fused graph too
+(:func:`kdfast.export.quantize.matmul_graph`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import numpy as np
 
 Q_PERM, K_PERM, OUT_PERM = [0, 2, 1, 3], [0, 2, 3, 1], [0, 2, 1, 3]
+FLOAT = 1  # onnx.TensorProto.FLOAT
+SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Mul", "Div", "Add", "Sub"}
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -60,6 +66,24 @@ def fuse_attention(model: Any, num_heads: int) -> int:
         r = only(t.input[0], "Reshape") if t is not None and list(_attr(t, "perm", [])) == perm else None
         return (t, r, r.input[0]) if r is not None else None
 
+    def only_shape_of(shape: Any, reshape: Any) -> bool:
+        """Whether everything computed from ``shape``'s output ends in ``reshape``'s target shape (so it goes
+        with it)."""
+        todo, seen = [shape], set()
+        while todo:
+            node = todo.pop()
+            for out in node.output:
+                if out in graph_outputs:
+                    return False
+                for reader in consumers.get(out, []):
+                    if reader is reshape and out == reshape.input[1]:
+                        continue
+                    if reader is reshape or id(reader) in seen or reader.op_type not in SHAPE_OPS:
+                        return False
+                    seen.add(id(reader))
+                    todo.append(reader)
+        return True
+
     fused, dead = 0, []
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         if _attr(softmax, "axis", -1) not in (-1, 3):
@@ -78,24 +102,30 @@ def fuse_attention(model: Any, num_heads: int) -> int:
         if len(scale_in) != 1:
             continue
         qk = only(mul.input[1] if mul.input[0] == scale_in[0] else mul.input[0], "MatMul")
-        after = consumers.get(softmax.output[0], [])
-        if qk is None or len(after) != 1 or after[0].op_type != "MatMul" or after[0].input[0] != softmax.output[0]:
+        probs, after = softmax.output[0], consumers.get(softmax.output[0], [])
+        cast = after[0] if len(after) == 1 and after[0].op_type == "Cast" and _attr(after[0], "to") == FLOAT else None
+        if cast is not None:  # GPT-2's probabilities cast to the values' type: float to float, nothing
+            probs, after = cast.output[0], consumers.get(cast.output[0], [])
+        if qk is None or len(after) != 1 or after[0].op_type != "MatMul" or after[0].input[0] != probs:
             continue
         av = after[0]
         q, k, v = head_split(qk.input[0], Q_PERM), head_split(qk.input[1], K_PERM), head_split(av.input[1], Q_PERM)
         out_t = consumers.get(av.output[0], [])
         if q is None or k is None or v is None or len(out_t) != 1 or out_t[0].op_type != "Transpose":
             continue
-        if {softmax.output[0], av.output[0], out_t[0].output[0]} & graph_outputs:  # attention probabilities kept
+        if {softmax.output[0], probs, av.output[0], out_t[0].output[0]} & graph_outputs:  # probabilities kept
             continue
-        out_r = consumers.get(out_t[0].output[0], [])
-        if list(_attr(out_t[0], "perm", [])) != OUT_PERM or len(out_r) != 1 or out_r[0].op_type != "Reshape":
+        readers = consumers.get(out_t[0].output[0], [])
+        out_r = [n for n in readers if n.op_type == "Reshape"]
+        shapes = [n for n in readers if n.op_type == "Shape"]  # the raw export's target shape, read off it
+        if (list(_attr(out_t[0], "perm", [])) != OUT_PERM or len(out_r) != 1 or len(out_r) + len(shapes) != len(readers)
+                or not all(only_shape_of(s, out_r[0]) for s in shapes)):
             continue
         scale = float(np.asarray(constants[scale_in[0]]).reshape(()))
         graph.node.append(helper.make_node(
             "MultiHeadAttention", [q[2], k[2], v[2], "", "", mask], [out_r[0].output[0]],
             name=f"{softmax.name}/MultiHeadAttention", domain="com.microsoft", num_heads=num_heads, scale=scale))
-        dead += [add, mul, qk, softmax, av, out_t[0], out_r[0], *q[:2], *k[:2], *v[:2]]
+        dead += [add, mul, qk, softmax, av, out_t[0], out_r[0], *q[:2], *k[:2], *v[:2], *([cast] if cast else [])]
         fused += 1
     if not fused:
         return 0

@@ -17,13 +17,14 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
 - ``dynamic``: int8 weights per output channel, activations scaled per call over the whole batch, on the optimized
   model when there is one: what ``--int8`` did before.
 - ``blockwise-64`` / ``blockwise-32``: int8 weights and run-time int8 activations with a scale per 64 (32) values of
-  each token (``MatMulNBits``, int8 compute), on the plain fp32 graph with its Gemms written as MatMuls. On the
+  each token (``MatMulNBits``, int8 compute), on the plain fp32 graph with its Gemms written as MatMuls and each
+  attention fused into one ``MultiHeadAttention`` (:func:`kdfast.export.quantize.matmul_graph`). On the
   10-epoch MiniLM CoLA teacher it keeps 99.3-99.6% of dev labels where dynamic keeps 96.4%, at about 1.8-2x fp32's
   batch-1 speed to dynamic's 2.5x (benchmarks/bench_int8.py). Embedding tables stay fp32.
 - ``pertoken-h16`` / ``pertoken-h64`` (and ``pertoken``, not among the defaults): int8 activations with a scale per
   token, computed at run time, each activation first rotated by a block-diagonal Hadamard matrix (blocks of 16 / 64
   values; none for ``pertoken``), times int8 weights per output channel, rotated the other way and rounded by GPTQ
-  (:mod:`kdfast.export.pertoken`), on the plain graph with its Gemms as MatMuls: dynamic's integer kernel, and a
+  (:mod:`kdfast.export.pertoken`), on blockwise's graph: dynamic's integer kernel, and a
   sentence's answer no longer depends on its batch-mates. The rotation spreads a token's few large channels over the
   others (logit MSE 6-13x lower); on both MiniLM teachers a rotated recipe holds the rule with every product int8
   (1.48-1.51x and 1.41-1.42x fp32 at batch 32), where ``pertoken`` kept 9 and 19 of 38 products fp32
@@ -108,7 +109,7 @@ from kdfast.export.quantize import (
     STATIC_OPS,
     UnpaddedReader,
     calibrate,
-    gemm_as_matmul,
+    matmul_graph,
     quantize_blockwise_file,
     quantize_dynamic_file,
     quantize_static_file,
@@ -324,6 +325,7 @@ class TuneInputs:
     encode: Callable[[list[str]], list[list[int]]]
     pad_id: int
     input_names: list[str]
+    num_heads: int = 0  # attention heads: blockwise and per-token quantize the graph with attention fused (0: not)
 
 
 class Tuner:
@@ -352,7 +354,8 @@ class Tuner:
 
     def source(self, recipe: str) -> Path:
         """The fp32 file a recipe quantizes: dynamic the optimized model when there is one, blockwise (and pertoken)
-        the plain graph with its Gemms as MatMuls (written once here), static the plain graph; ``smooth-R`` R's
+        the plain graph with its Gemms as MatMuls and its attention fused (written once here), static the plain
+        graph; ``smooth-R`` R's
         source after SmoothQuant with the alpha :meth:`smoothed` chose for R."""
         if recipe.startswith(SMOOTH_PREFIX):
             return self.smoothed(recipe)
@@ -361,7 +364,7 @@ class Tuner:
         if on_matmul_graph(recipe):
             path = self.workdir / "matmul.onnx"
             if not path.exists():
-                gemm_as_matmul(self.inputs.fp32, path)
+                matmul_graph(self.inputs.fp32, path, self.inputs.num_heads)
             return path
         return self.inputs.fp32
 
@@ -581,8 +584,9 @@ def slower_speedup(c: Candidate) -> float:
 
 
 def on_matmul_graph(recipe: str) -> bool:
-    """Whether ``recipe`` quantizes the plain graph with its Gemms written as MatMuls (``gemm_as_matmul``): the
-    recipes whose products take a constant 2-D weight as their second input (blockwise, pertoken)."""
+    """Whether ``recipe`` quantizes the plain graph with its Gemms written as MatMuls and its attention fused
+    (``matmul_graph``): the recipes whose products take a constant 2-D weight as their second input (blockwise,
+    pertoken)."""
     return recipe.startswith("blockwise-") or pertoken_block(recipe) is not None
 
 

@@ -435,7 +435,7 @@ def tune_int8(cfg: ExportConfig, source: ExportSource, folder: Path, src: Path, 
     """``kdfast.export.int8.tune`` on the exported files; when no candidate holds the rule, a ParityError whose manifest
     carries every candidate's numbers (and nothing is written)."""
     inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=src, encode=source.encode, pad_id=source.pad_id,
-                        input_names=source.input_names)
+                        input_names=source.input_names, num_heads=source.num_heads)
     try:
         return tune(inputs, train, dst, replace(cfg.int8_tuning, threads=cfg.threads), say)
     except Int8RuleError as e:

@@ -161,10 +161,7 @@ def _source(path: str, mtime_ns: int, size: int) -> tuple[bytes, dict[str, int],
     from onnx import version_converter
 
     model = onnx.load(path)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
-    leads = leading_dims(model)
+    ranks, leads = tensor_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < OPSET:  # QuantizeLinear's scale per block of values: opset 21
         model = version_converter.convert_version(model, OPSET)
@@ -174,22 +171,29 @@ def _source(path: str, mtime_ns: int, size: int) -> tuple[bytes, dict[str, int],
     return model.SerializeToString(), ranks, leads
 
 
-def leading_dims(model: Any) -> dict[str, tuple[str, ...]]:
-    """Tensor -> its dimensions but the last, each a symbol or a number, where ONNX Runtime's symbolic shape
-    inference names them all (equal names: equal sizes at run time); empty when it cannot read the graph."""
+def tensor_shapes(model: Any) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    """The rank of each tensor shape inference can tell, and the leading dimensions (all but the last, each a symbol
+    or a number; equal names: equal sizes at run time) of each whose dimensions it names all. ONNX Runtime's symbolic
+    shape inference, which knows its own operators (a fused ``MultiHeadAttention``) and proves dimensions equal;
+    ONNX's where it fails (then no zero point is shared, nothing else changes)."""
+    import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # an op it does not know: no zero point is shared, nothing else changes
-        return {}
-    leads = {}
-    for v in [*inferred.graph.value_info, *inferred.graph.input]:
+    except Exception:  # an operator it does not know
+        inferred, symbolic = onnx.shape_inference.infer_shapes(model), False
+    else:
+        symbolic = True
+    ranks, leads = {}, {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if not v.type.tensor_type.HasField("shape"):
+            continue
         dims = v.type.tensor_type.shape.dim
-        if v.type.tensor_type.HasField("shape") and dims and all(d.dim_param or d.HasField("dim_value")
-                                                                 for d in dims):
+        ranks[v.name] = len(dims)
+        if symbolic and dims and all(d.dim_param or d.HasField("dim_value") for d in dims):
             leads[v.name] = tuple(d.dim_param or str(d.dim_value) for d in dims[:-1])
-    return leads
+    return ranks, leads
 
 
 def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments: dict[str, np.ndarray] | None,
