@@ -241,3 +241,57 @@ def test_one_zero_point_per_leading_shape(tmp_path: Path) -> None:
     np.testing.assert_allclose(y1, reference(np.maximum(h0, 0), w1), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y2, reference(x.mean(1), w2), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(y3, reference(y2, w3), rtol=1e-4, atol=1e-4)
+
+
+def attention_graph(path: Path, rng: np.random.Generator, heads: int, ctx_read_twice: bool = False) -> None:
+    """x (B, T, 64) -> q, k, v products (v with a bias) -> MultiHeadAttention(heads) -> ctx -> ctx @ wo = y."""
+    w = {n: rng.normal(size=(64, 64)).astype(np.float32) / 8 for n in ("wq", "wk", "wv", "wo")}
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"], name="mq"),
+             helper.make_node("MatMul", ["x", "wk"], ["k"], name="mk"),
+             helper.make_node("MatMul", ["x", "wv"], ["v0"], name="mv"),
+             helper.make_node("Add", ["v0", "bv"], ["v"]),
+             helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["ctx"], domain="com.microsoft", num_heads=heads),
+             helper.make_node("MatMul", ["ctx", "wo"], ["y"], name="mo")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if ctx_read_twice:
+        nodes.append(helper.make_node("Relu", ["ctx"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    inits.append(numpy_helper.from_array(rng.normal(size=64).astype(np.float32), "bv"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 64])],
+                              outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(
+        "com.microsoft", 1)]), str(path))
+
+
+def test_the_attention_outputs_rotation_rides_on_the_value_weights(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 16 inside heads of 32: the attention output is rotated by rotating V's weights and bias (one online
+    rotation fewer) and the output projection computes what it computes with the rotation online; heads of 8, or
+    an output something else reads too, keep the rotation online."""
+    import kdfast.export.pertoken as pertoken
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 6, 64)).astype(np.float32)
+    attention_graph(tmp_path / "fp32.onnx", rng, heads=2)
+    exact = session(tmp_path / "fp32.onnx").run(["y"], {"x": x})[0]
+    fp32_v = ["mq", "mk", "mv"]  # V's product fp32 (its weights rotated in fp32): only the output projection int8
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "folded.onnx", fp32_v, None, block=16) == 1
+    hadamards = [n for n in onnx.load(str(tmp_path / "folded.onnx")).graph.node if "pertoken_hadamard" in n.input]
+    assert not hadamards  # the output's rotation is in V's weights, none runs online
+    with monkeypatch.context() as m:
+        m.setattr(pertoken, "folded_rotations", lambda *a: {})
+        quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "online.onnx", fp32_v, None, block=16)
+    assert len([n for n in onnx.load(str(tmp_path / "online.onnx")).graph.node if "pertoken_hadamard" in n.input]) == 1
+    folded = session(tmp_path / "folded.onnx").run(["y"], {"x": x})[0]
+    online = session(tmp_path / "online.onnx").run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(folded, online, rtol=0, atol=0.02 * np.abs(exact).max())  # a code may round over
+    assert np.abs(folded - exact).max() < 0.03 * np.abs(exact).max()
+    every = quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "all.onnx", [], None, block=16)
+    y = session(tmp_path / "all.onnx").run(["y"], {"x": x})[0]  # V's product int8 too, on the rotated weights
+    assert every == 4 and np.abs(y - exact).max() < 0.05 * np.abs(exact).max()
+    for heads, twice in ((8, False), (2, True)):  # heads of 8 values; the output also read by a Relu
+        attention_graph(tmp_path / "other.onnx", np.random.default_rng(9), heads=heads, ctx_read_twice=twice)
+        quantize_pertoken_file(tmp_path / "other.onnx", tmp_path / "other-int8.onnx", fp32_v, None, block=16)
+        model = onnx.load(str(tmp_path / "other-int8.onnx"))
+        assert len([n for n in model.graph.node if "pertoken_hadamard" in n.input]) == 1, (heads, twice)
