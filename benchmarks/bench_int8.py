@@ -256,7 +256,8 @@ def retime(path: Path, candidates: Path, cola: Any, threads: int, timed: int, ro
                                                                    ".onnx")
     source = gpt2_source() if result["model"].startswith("gpt2") else load_teacher_for_export(Path(result["run"]))
     inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
-                        encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
+                        encode=source.encode, pad_id=source.pad_id, input_names=source.input_names,
+                        num_heads=source.num_heads)
     dev_ids = inputs.encode([e.text for e in cola.dev])
     ids = [dev_ids[i] for i in sorted(random.Random(0).sample(range(len(dev_ids)), timed))]
     result["meta"]["retimed"] = {"date": now(DATE, utc=True), "commit": git_commit(), "load": load_avg()}
@@ -422,7 +423,8 @@ def main() -> None:
             **({"recipes": tuple(args.recipes.split(","))} if args.recipes else {})), False, args.gpt2_dev))
     for name, folder, source, cfg, ranked, dev_sentences in jobs:
         inputs = TuneInputs(fp32=folder / MODEL_FILES["fp32"], base=folder / MODEL_FILES["optimized"],
-                            encode=source.encode, pad_id=source.pad_id, input_names=source.input_names)
+                            encode=source.encode, pad_id=source.pad_id, input_names=source.input_names,
+                            num_heads=source.num_heads)  # blockwise and per-token on the fused-attention graph
         result = measure(name, folder, inputs, cola, cfg, args.threads, ranked, 8, args.timed, args.rounds,
                          dev_sentences, [r for r in args.remedies.split(",") if r])
         result["command"] = "python benchmarks/bench_int8.py " + " ".join(sys.argv[1:])
