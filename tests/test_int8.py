@@ -22,6 +22,7 @@ from kdfast.export.int8 import (
     CalibrationSet,
     Candidate,
     Int8Config,
+    TuneInputs,
     Tuner,
     fallback_steps,
     p50_ms,
@@ -442,7 +443,7 @@ class ScriptedTuner(Tuner):
     def __init__(self, script: dict[str, tuple[bool, float]], cfg: Int8Config,
                  speeds: dict[str, tuple[float, float]] | None = None) -> None:
         self.script, self.cfg, self.say, self.built = script, cfg, lambda *a: None, []
-        self.speeds, self.judged, self.smoothing = speeds or {}, [], {}
+        self.scripted, self.judged, self.smoothing = speeds or {}, [], {}
 
     def nodes(self, recipe: str) -> list[str]:
         return [f"{recipe}/n{i}" for i in range(8)]
@@ -461,12 +462,15 @@ class ScriptedTuner(Tuner):
         for c in candidates:
             c.speedup_b1 = self.script[c.name][1]
             c.p50_b1_ms = 1.0 / c.speedup_b1
-            if c.name in self.speeds:
-                c.speedup_b32 = self.speeds[c.name][1]
+            if c.name in self.scripted:
+                c.speedup_b32 = self.scripted[c.name][1]
+
+    def speeds(self, candidates: list[Candidate]) -> dict[str, dict[str, Any]]:
+        return {c.name: self.speed(c) for c in candidates}
 
     def speed(self, c: Candidate) -> dict[str, Any]:
         self.judged.append(c.name)
-        b1, b32 = self.speeds.get(c.name, (self.script[c.name][1],) * 2)
+        b1, b32 = self.scripted.get(c.name, (self.script[c.name][1],) * 2)
         return {"threads": self.cfg.threads, "reference": "model.onnx",
                 **{f"batch_{b}": {"fp32_p50_ms": 1.0, "int8_p50_ms": 1.0 / s, "speedup": s}
                    for b, s in ((1, b1), (32, b32))}}
@@ -1042,7 +1046,7 @@ def test_a_smoothed_recipe_chooses_its_alpha_and_stays_close_to_fp32(teacher_run
     judged by the same rule as any other and its logits stay within int8's tolerance of fp32's."""
     import onnx
 
-    from kdfast.export.int8 import SMOOTH_ALPHAS, TuneInputs
+    from kdfast.export.int8 import SMOOTH_ALPHAS
 
     out = tmp_path / "onnx"
     run(ExportConfig(run_dir=teacher_run, out=out, max_check_sentences=8, progress=False))
@@ -1065,3 +1069,27 @@ def test_a_smoothed_recipe_chooses_its_alpha_and_stays_close_to_fp32(teacher_run
     assert "MatMulNBits" in ops and sum(n.endswith("_smooth") for n in
                                         [n.name for n in onnx.load(str(tuner.files[c.name])).graph.node]) > 0
     assert c.mse < 0.05 * float((tuner.want_held ** 2).mean()) + 1e-4  # int8: close to fp32, not equal
+
+
+def test_the_speed_rule_times_every_accurate_candidate_in_one_measurement() -> None:
+    """``choose`` times fp32 and all the accurate candidates together (taking turns in one run), so the one kept is
+    compared with the others under the same load; each gets its own record against that run's fp32."""
+    calls: list[list[str]] = []
+
+    class Timed(Tuner):
+        def __init__(self) -> None:
+            self.cfg, self.say = Int8Config(), lambda *a: None
+            self.inputs = TuneInputs(fp32=Path("model.onnx"), base=Path("model.onnx"), encode=lambda t: [],
+                                     pad_id=0, input_names=["input_ids"])
+
+        def p50s(self, names: Any) -> dict[int, dict[str, float]]:
+            calls.append(list(names))
+            return {1: {"fp32": 2.0, "a": 1.0, "b": 1.25}, 32: {"fp32": 60.0, "a": 40.0, "b": 30.0}}
+
+    a, b = (Candidate(name=n, recipe=n, source="model.onnx", passed=True, speedup_b1=s) for n, s in (("a", 2.0),
+                                                                                                   ("b", 1.6)))
+    winner = Timed().choose([a, b])
+    assert calls == [["a", "b"]]  # one measurement, fastest by the search first
+    assert winner is b and b.speed is not None and a.speed is not None  # 1.6x / 2.0x beats 2.0x / 1.5x
+    assert b.speed["batch_32"] == {"fp32_p50_ms": 60.0, "int8_p50_ms": 30.0, "speedup": 2.0}
+    assert a.speed["batch_1"]["speedup"] == 2.0 and a.fast and b.fast

@@ -533,9 +533,14 @@ class Tuner:
         """The speed rule: every accurate candidate timed against fp32 at batch 1 and 32; of those at least
         ``min_speedup`` x fp32 at both, the one whose slower speed-up is the highest (the batch-1 search order alone
         can pick one that is faster at batch 1 by noise and slower at batch 32); None when none is (an int8 slower
-        than fp32 is never kept)."""
-        for c in sorted(accurate, key=lambda c: -c.pace):
-            c.speed = self.speed(c)
+        than fp32 is never kept). All of them in one measurement, taking turns with fp32 and with each other: timed
+        one by one, minutes apart on a shared machine, they were compared across its slow and quiet spells (the
+        5-epoch MiniLM export kept pertoken-h16+fp32:3 at 1.51x / 1.77x over pertoken-h64 at 1.41x / 1.87x, which
+        one run side by side then timed at 1.30x / 1.72x against 1.34x / 1.80x)."""
+        ordered = sorted(accurate, key=lambda c: -c.pace)
+        records = self.speeds(ordered) if ordered else {}
+        for c in ordered:
+            c.speed = records[c.name]
             c.fast = all(c.speed[f"batch_{b}"]["speedup"] >= self.cfg.min_speedup for b, _ in SPEED_BATCHES)
             self.say(f"int8: {c.name}: " + ", ".join(f"{c.speed[f'batch_{b}']['speedup']:.2f}x fp32 at batch {b}"
                                                     for b, _ in SPEED_BATCHES)
@@ -569,12 +574,14 @@ class Tuner:
             c.p50_b1_ms = p50[1][c.name]
             c.speedup_b1, c.speedup_b32 = (p50[b]["fp32"] / p50[b][c.name] for b, _ in SPEED_BATCHES)
 
-    def speed(self, c: Candidate) -> dict[str, Any]:
-        """The speed rule's timing: ``c`` against fp32 alone at batch 1 and 32."""
-        p50 = self.p50s([c.name])
-        return {"threads": self.cfg.threads, "spin": self.cfg.spin, "reference": self.inputs.fp32.name,
-                **{f"batch_{b}": {"fp32_p50_ms": row["fp32"], "int8_p50_ms": row[c.name],
-                                  "speedup": row["fp32"] / row[c.name]} for b, row in p50.items()}}
+    def speeds(self, candidates: list[Candidate]) -> dict[str, dict[str, Any]]:
+        """The speed rule's timing, by name: each of ``candidates`` against fp32 at batch 1 and 32, all in one
+        measurement."""
+        p50 = self.p50s([c.name for c in candidates])
+        return {c.name: {"threads": self.cfg.threads, "spin": self.cfg.spin, "reference": self.inputs.fp32.name,
+                         **{f"batch_{b}": {"fp32_p50_ms": row["fp32"], "int8_p50_ms": row[c.name],
+                                           "speedup": row["fp32"] / row[c.name]} for b, row in p50.items()}}
+                for c in candidates}
 
 
 def slower_speedup(c: Candidate) -> float:
