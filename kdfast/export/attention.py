@@ -132,15 +132,19 @@ def fuse_attention(model: Any, num_heads: int) -> int:
     gone = {id(n) for n in dead}
     kept = [n for n in graph.node if id(n) not in gone]
     del graph.node[:]
-    graph.node.extend(_topological(kept, {i.name for i in graph.input} | set(constants)))
+    graph.node.extend(topological(kept, {i.name for i in graph.input} | {i.name for i in graph.initializer}))
     _drop_unused(graph)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return fused
 
 
-def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
-    """``nodes`` in an order where every input is produced before it is read (the new nodes were appended)."""
+def topological(nodes: list[Any], available: set[str]) -> list[Any]:
+    """``nodes`` in an order where every input is produced before it is read (``available``: the graph's inputs and
+    initializers): in waves, each the nodes whose inputs are ready, in their original order. The fused nodes were
+    appended; the per-token quantizer places its nodes, and shares its zero points, by this order. (Before, only
+    scalar initializers counted as available, so every node reading a weight kept its place, the fused attentions
+    last, after the products that read them: ONNX Runtime sorts a graph itself, so it ran.)"""
     ready, order, pending = set(available) | {""}, [], list(nodes)
     while pending:
         rest = [n for n in pending if not all(i in ready for i in n.input)]
