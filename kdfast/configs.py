@@ -109,8 +109,8 @@ def check_model_name(name: str) -> None:
 
 # --- kdfast export
 
-INT8_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h32", "pertoken-h64", "pertoken", "blockwise-64", "blockwise-32",
-                "static-minmax", "static-percentile")
+INT8_RECIPES = ("dynamic", "pertoken-h16", "pertoken-h32", "pertoken-h64", "pertoken", "pertoken-h16-ln64",
+                "pertoken-h64-ln64", "blockwise-64", "blockwise-32", "static-minmax", "static-percentile")
 # the ones tuning tries unless told (docs/export.md, issue 25): static QDQ never held the rule on the MiniLM teachers
 # (88-92% agreement) and its rankings cost two minutes of the five; per-token without the rotation and blockwise-64
 # never won against per-token rotated in blocks of 16 or 64

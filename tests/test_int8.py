@@ -402,7 +402,7 @@ def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
     quantized on the tuner's graph, attention fused (``MultiHeadAttention`` in fp32)."""
     import onnx
 
-    from kdfast.export.pertoken import quantize_pertoken_file
+    from kdfast.export.pertoken import quantize_pertoken_file, rotated_absmax
     from kdfast.export.quantize import quantize_dynamic_file
 
     out, manifest = tuned
@@ -410,6 +410,12 @@ def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
     quantize_blockwise_file(tmp_path / "matmul.onnx", tmp_path / "blockwise.onnx", 32, exclude=[])
     quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken.onnx", [], None)
     quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken-h16.onnx", [], None, block=16)
+    cal = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]  # one scale per LayerNorm output, from two sentences
+    static = rotated_absmax(tmp_path / "matmul.onnx", UnpaddedReader([pad_batch(cal, 0)], ["input_ids",
+                                                                                         "attention_mask"]), 16)
+    assert static
+    quantize_pertoken_file(tmp_path / "matmul.onnx", tmp_path / "pertoken-h16-ln16.onnx", [], None, block=16,
+                           static=static, static_block=16)
     products = weight_nodes(tmp_path / "matmul.onnx", ("MatMul",), weight_input=1)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "pertoken.onnx")).graph.node]
     assert products and ops.count("MatMulIntegerToFloat") == len(products)
@@ -427,7 +433,7 @@ def test_per_token_answers_do_not_depend_on_batch_mates(tuned: tuple[Path, dict[
 
     want, batched = alone_and_batched(out / "model.onnx")  # fp32: padding changes nothing
     np.testing.assert_allclose(batched, want, rtol=0, atol=1e-5)
-    for name in ("blockwise", "pertoken", "pertoken-h16"):
+    for name in ("blockwise", "pertoken", "pertoken-h16", "pertoken-h16-ln16"):
         alone, batched = alone_and_batched(tmp_path / f"{name}.onnx")
         np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5, err_msg=name)
         assert np.abs(alone - want).max() < 0.05 * np.abs(want).max() + 1e-3, name  # int8: close to fp32
@@ -802,22 +808,25 @@ def test_the_pipelines_export_drops_an_int8_that_is_too_slow(teacher_run: Path, 
 
 
 def test_per_token_recipes_name_their_rotation() -> None:
-    from kdfast.export.int8 import on_matmul_graph, pertoken_block
+    from kdfast.export.int8 import on_matmul_graph, pertoken_block, pertoken_static_block
 
-    assert [pertoken_block(r) for r in ("pertoken", "pertoken-h16", "pertoken-h64", "dynamic", "blockwise-32")] == [
-        0, 16, 64, None, None]
-    assert all(on_matmul_graph(r) for r in ("pertoken", "pertoken-h16", "blockwise-32"))
+    names = ("pertoken", "pertoken-h16", "pertoken-h64", "pertoken-h16-ln64", "dynamic", "blockwise-32", "pertoken-x")
+    assert [pertoken_block(r) for r in names] == [0, 16, 64, 16, None, None, None]
+    assert [pertoken_static_block(r) for r in names] == [0, 0, 0, 64, 0, 0, 0]
+    assert all(on_matmul_graph(r) for r in ("pertoken", "pertoken-h16", "pertoken-h16-ln64", "blockwise-32"))
     assert not on_matmul_graph("dynamic") and not on_matmul_graph("static-minmax")
 
 
 def test_every_per_token_recipe_builds_in_the_tuner(teacher_run: Path, tmp_path: Path) -> None:
-    """``pertoken`` (no rotation) and ``pertoken-h16`` built and judged end to end on the tiny teacher, no error."""
-    cfg = Int8Config(calibration=32, held_out=100, recipes=("pertoken", "pertoken-h16"), max_fp32_nodes=0,
+    """``pertoken`` (no rotation), ``pertoken-h16`` and ``pertoken-h16-ln64`` (GPT-2's LayerNorm outputs on one
+    calibrated scale each) built and judged end to end on the tiny teacher, no error."""
+    cfg = Int8Config(calibration=32, held_out=100, recipes=("pertoken", "pertoken-h16", "pertoken-h16-ln64"),
+                     max_fp32_nodes=0,
                      timing_rounds=1, min_agreement=0.5, max_drop=1.0, min_speedup=0.0)
     manifest = run(ExportConfig(run_dir=teacher_run, out=tmp_path / "onnx", int8=True, int8_tuning=cfg,
                                 max_check_sentences=16, progress=False))
     built = {c["name"]: c["error"] for c in manifest["int8"]["candidates"]}
-    assert built == {"pertoken": "", "pertoken-h16": ""}
+    assert built == {"pertoken": "", "pertoken-h16": "", "pertoken-h16-ln64": ""}
 
 
 def test_recipes_are_the_known_ones_each_optionally_smoothed() -> None:

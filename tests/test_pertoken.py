@@ -243,6 +243,11 @@ def test_one_zero_point_per_leading_shape(tmp_path: Path) -> None:
     np.testing.assert_allclose(y3, reference(y2, w3), rtol=1e-4, atol=1e-4)
 
 
+def rotations(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The online rotations: products with a Hadamard block."""
+    return [n for n in model.graph.node if any(i.startswith("pertoken_hadamard") for i in n.input)]
+
+
 def attention_graph(path: Path, rng: np.random.Generator, heads: int, ctx_read_twice: bool = False) -> None:
     """x (B, T, 64) -> q, k, v products (v with a bias) -> MultiHeadAttention(heads) -> ctx -> ctx @ wo = y."""
     w = {n: rng.normal(size=(64, 64)).astype(np.float32) / 8 for n in ("wq", "wk", "wv", "wo")}
@@ -277,12 +282,11 @@ def test_the_attention_outputs_rotation_rides_on_the_value_weights(tmp_path: Pat
     exact = session(tmp_path / "fp32.onnx").run(["y"], {"x": x})[0]
     fp32_v = ["mq", "mk", "mv"]  # V's product fp32 (its weights rotated in fp32): only the output projection int8
     assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "folded.onnx", fp32_v, None, block=16) == 1
-    hadamards = [n for n in onnx.load(str(tmp_path / "folded.onnx")).graph.node if "pertoken_hadamard" in n.input]
-    assert not hadamards  # the output's rotation is in V's weights, none runs online
+    assert not rotations(onnx.load(str(tmp_path / "folded.onnx")))  # the output's rotation is in V's weights
     with monkeypatch.context() as m:
         m.setattr(pertoken, "folded_rotations", lambda *a: {})
         quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "online.onnx", fp32_v, None, block=16)
-    assert len([n for n in onnx.load(str(tmp_path / "online.onnx")).graph.node if "pertoken_hadamard" in n.input]) == 1
+    assert len(rotations(onnx.load(str(tmp_path / "online.onnx")))) == 1
     folded = session(tmp_path / "folded.onnx").run(["y"], {"x": x})[0]
     online = session(tmp_path / "online.onnx").run(["y"], {"x": x})[0]
     np.testing.assert_allclose(folded, online, rtol=0, atol=0.02 * np.abs(exact).max())  # a code may round over
@@ -294,4 +298,74 @@ def test_the_attention_outputs_rotation_rides_on_the_value_weights(tmp_path: Pat
         attention_graph(tmp_path / "other.onnx", np.random.default_rng(9), heads=heads, ctx_read_twice=twice)
         quantize_pertoken_file(tmp_path / "other.onnx", tmp_path / "other-int8.onnx", fp32_v, None, block=16)
         model = onnx.load(str(tmp_path / "other-int8.onnx"))
-        assert len([n for n in model.graph.node if "pertoken_hadamard" in n.input]) == 1, (heads, twice)
+        assert len(rotations(model)) == 1, (heads, twice)
+
+
+class Feeds:
+    """A calibration reader over fixed feeds (``rewind``/``get_next``, as ``UnpaddedReader``)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds, self.i = feeds, 0
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        self.i += 1
+        return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
+
+
+def test_a_layernorm_output_quantized_with_one_calibrated_scale(tmp_path: Path) -> None:
+    """``pertoken-hB-lnS``'s static part: a LayerNorm output, rotated in blocks of S, quantized with one scale (its
+    calibrated absmax over 127: :func:`rotated_absmax`) by one QuantizeLinear, no per-token ops; its products take a
+    scalar a_scale and the bias that followed one moves inside it; the result equals the numpy reference, a token
+    beyond the calibrated range saturating; the other activation (after a Relu) stays per token."""
+    from kdfast.export.pertoken import normalized_activations, rotated_absmax
+
+    rng = np.random.default_rng(10)
+    k = 64
+    w0, w1, w2 = (rng.normal(size=(k, n)).astype(np.float32) for n in (48, 16, 8))
+    gamma = rng.uniform(0.5, 2, k).astype(np.float32)
+    gamma[5] = 12.0  # an outlier channel, as BERT's LayerNorms have
+    beta, b0 = rng.normal(size=k).astype(np.float32), rng.normal(size=48).astype(np.float32)
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["y", "w0"], ["p0"], name="mm0"),
+             helper.make_node("Add", ["p0", "b0"], ["y0"], name="bias0"),
+             helper.make_node("MatMul", ["y", "w1"], ["y1"], name="mm1"),
+             helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y2"], name="mm2")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", k])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in ("y0", "y1", "y2")],
+        [numpy_helper.from_array(v, n) for n, v in (("gamma", gamma), ("beta", beta), ("b0", b0), ("w0", w0),
+                                                   ("w1", w1), ("w2", w2))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fp32.onnx"))
+    assert normalized_activations(onnx.load(str(tmp_path / "fp32.onnx"))) == ["y"]
+    calibration = [{"x": rng.normal(size=(1, n, k)).astype(np.float32)} for n in (3, 7, 5)]
+    absmax = rotated_absmax(tmp_path / "fp32.onnx", Feeds(calibration), 16)  # type: ignore[arg-type]
+    assert set(absmax) == {"y"} and absmax["y"] > 0
+    assert quantize_pertoken_file(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [], None, block=16,
+                                  static=absmax, static_block=16) == 3
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("ReduceMax") == 1 and token_quantizers(model) == [k]  # only r per token
+    assert not any(n.name == "bias0" for n in model.graph.node)  # the bias is inside mm0
+    x = rng.normal(size=(2, 6, k)).astype(np.float32)
+    x[1, 2] *= 40  # normalized anyway: LayerNorm
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    ln = ((x - mean) / np.sqrt(var + 1e-5) * gamma + beta).astype(np.float32)
+    h = np.kron(np.eye(k // 16), hadamard(16)).astype(np.float32)
+    z = ln @ h
+    step = np.float32(absmax["y"] / 127)
+    inside = np.abs(z).max(-1) <= absmax["y"]
+    assert inside.any() and not inside.all()  # some tokens saturate: the reference clips them as int8 does
+    q = np.clip(np.round(z / step) + ZERO_POINT, 0, 255).astype(np.int64) - ZERO_POINT
+    got0, got1, got2 = session(tmp_path / "int8.onnx").run(["y0", "y1", "y2"], {"x": x})
+    for got, w, b in ((got0, w0, b0), (got1, w1, 0)):
+        wr = (h.T @ w).astype(np.float32)
+        wscale = (np.abs(wr).max(0) / 127).astype(np.float32)
+        codes = np.clip(np.round(wr / wscale), -127, 127).astype(np.int64)
+        np.testing.assert_allclose(got, (q @ codes).astype(np.float32) * wscale * step + b, rtol=1e-4, atol=1e-3)
+        exact = ln @ w + b  # close to fp32 where the token is inside the calibrated range
+        assert np.abs(got - exact)[inside].max() < 0.05 * np.abs(exact).max()
+    np.testing.assert_allclose(got2, reference(np.maximum(ln, 0), w2, 16), rtol=1e-4, atol=1e-4)

@@ -87,6 +87,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -102,7 +103,7 @@ from kdfast.configs import INT8_DEFAULT_RECIPES as RECIPES  # noqa: F401  (re-ex
 from kdfast.configs import SMOOTH_PREFIX, Int8Config
 from kdfast.data import Example
 from kdfast.errors import KdfastError
-from kdfast.export.pertoken import input_moments, quantize_pertoken_file
+from kdfast.export.pertoken import input_moments, quantize_pertoken_file, rotated_absmax
 from kdfast.export.quantize import (
     BLOCKWISE_OPS,
     DYNAMIC_OPS,
@@ -120,6 +121,7 @@ from kdfast.metrics import mcc
 
 TIMING_SENTENCES = 32  # batch-1 calls per round of the speed measurement: enough for their lengths to be typical
 SPEED_BATCHES = ((1, TIMING_SENTENCES), (32, 2))  # (batch size, batches per round) the speed rule is judged at
+PERTOKEN = re.compile(r"pertoken(?:-h(\d+))?(?:-ln(\d+))?")  # pertoken[-hB][-lnS]
 SMOOTH_ALPHAS = (0.5, 0.75, 0.9)  # the migration strengths smooth-R chooses between, per model
 
 
@@ -348,6 +350,7 @@ class Tuner:
         self.absmax: dict[str, np.ndarray] = {}  # source file -> its activations' per-channel max |x|
         self.moments: dict[str, dict[str, np.ndarray]] = {}  # source file -> its products' input X^T X (pertoken)
         self.codes: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}  # pertoken's GPTQ codes
+        self.static_absmax: dict[tuple[str, int], dict[str, float]] = {}  # (source, block) -> LayerNorm outputs' |xR|
         self.files: dict[str, Path] = {}
 
     # building
@@ -434,7 +437,13 @@ class Tuner:
         elif (block := pertoken_block(base)) is not None:
             if src.name not in self.moments:
                 self.moments[src.name] = input_moments(src, self._reader())
-            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes, block)
+            static, static_block = {}, pertoken_static_block(base)
+            if static_block:
+                if (src.name, static_block) not in self.static_absmax:
+                    self.static_absmax[src.name, static_block] = rotated_absmax(src, self._reader(), static_block)
+                static = self.static_absmax[src.name, static_block]
+            quantize_pertoken_file(src, dst, exclude, self.moments[src.name], self.codes, block, static,
+                                   static_block)
         else:
             key = recipe or f"{base}@{src.name}"
             quantize_static_file(src, dst, self.cache(key, src), base.removeprefix("static-"),
@@ -598,11 +607,18 @@ def on_matmul_graph(recipe: str) -> bool:
 
 
 def pertoken_block(recipe: str) -> int | None:
-    """The Hadamard block of a per-token recipe (``pertoken-hB``: B; ``pertoken``: 0, no rotation); None for the
-    other recipes."""
-    if recipe == "pertoken":
-        return 0
-    return int(recipe.removeprefix("pertoken-h")) if recipe.startswith("pertoken-h") else None
+    """The Hadamard block of a per-token recipe (``pertoken-hB``, ``pertoken-hB-lnS``: B; ``pertoken``: 0, no
+    rotation); None for the other recipes."""
+    found = PERTOKEN.fullmatch(recipe)
+    return None if found is None else int(found[1] or 0)
+
+
+def pertoken_static_block(recipe: str) -> int:
+    """``pertoken-hB-lnS``'s S: its LayerNorm outputs quantized with one calibrated scale each after a rotation in
+    blocks of S (:func:`kdfast.export.pertoken.rotated_absmax`); 0 for the other recipes (every activation per
+    token)."""
+    found = PERTOKEN.fullmatch(recipe)
+    return 0 if found is None or found[2] is None else int(found[2])
 
 
 def describe_threads(threads: int) -> str:

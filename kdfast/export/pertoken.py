@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdfast.export.attention import topological
 from kdfast.export.quantize import UnpaddedReader, probe
 
 OPSET = 21  # QuantizeLinear with a scale per block of values (here a token's): the quantized graph's opset
@@ -111,6 +112,43 @@ def input_moments(model_path: Path, reader: UnpaddedReader) -> dict[str, np.ndar
             x = torch.from_numpy(value.reshape(-1, value.shape[-1])).double()
             moments[name] = moments[name] + x.T @ x if name in moments else x.T @ x
     return {name: h.numpy() for name, h in moments.items()}
+
+
+def normalized_activations(model: Any) -> list[str]:
+    """The weight products' inputs that a ``LayerNormalization`` writes (directly, or reshaped: GPT-2's products
+    read their tokens flattened to 2-D): every token normalized, so that, rotated, one scale fits them all (the
+    static part of ``pertoken-hB-lnS``)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def normalized(name: str) -> bool:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "LayerNormalization"
+
+    return [act for act in weight_products(model) if normalized(act)]
+
+
+def rotated_absmax(model_path: Path, reader: UnpaddedReader, block: int) -> dict[str, float]:
+    """The largest ``|x R|`` over ``reader``'s sentences (each fed alone, unpadded) of each of
+    :func:`normalized_activations`, ``R`` the block-diagonal Hadamard of ``block`` (none where it does not divide the
+    width): the static scale of each, times 127."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    acts = normalized_activations(model)
+    if not acts:
+        return {}
+    sess = probe(model, acts)
+    top = dict.fromkeys(acts, 0.0)
+    reader.rewind()
+    while (feeds := reader.get_next()) is not None:
+        for name, value in zip(acts, sess.run(acts, feeds), strict=True):
+            x = value.reshape(-1, value.shape[-1]).astype(np.float64)
+            if (rot := rotation(x.shape[1], block)) is not None:
+                x = x @ rot
+            top[name] = max(top[name], float(np.abs(x).max()))
+    return top
 
 
 def gptq_int8(w: np.ndarray, h: np.ndarray, damp: float = GPTQ_DAMP, block: int = GPTQ_BLOCK
@@ -243,16 +281,24 @@ def folded_rotations(graph: Any, groups: dict[str, list[Any]], block: int) -> di
 
 def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments: dict[str, np.ndarray] | None,
                            memo: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] | None = None,
-                           block: int = 0) -> int:
+                           block: int = 0, static: dict[str, float] | None = None, static_block: int = 0) -> int:
     """Every ``MatMul`` with a constant 2-D weight but ``exclude`` turned per-token int8 (the module's docstring),
     each activation first rotated by :func:`rotation` (``block``, 0: none); weights by GPTQ over ``moments``
     (:func:`input_moments` of ``src``), or plainly rounded when None. ``memo`` keeps each weight's codes between
-    calls on the same ``src`` (the tuner builds many candidates). Returns how many products were quantized."""
+    calls on the same ``src`` (the tuner builds many candidates). Returns how many products were quantized.
+
+    ``static``: activations quantized with one scale instead (their absmax over calibration, rotated in blocks of
+    ``static_block``: :func:`rotated_absmax`): a ``QuantizeLinear`` with constant scale and zero point in place of
+    the per-token ops, and their products' ``a_scale`` a scalar, so that ONNX Runtime scales inside its GEMM and adds
+    a product's bias in it (a following ``Add`` of a constant vector moves into the product)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model, ranks, leads = load_source(src)
     graph = model.graph
+    ordered = topological(list(graph.node), {i.name for i in graph.input} | {i.name for i in graph.initializer})
+    del graph.node[:]
+    graph.node.extend(ordered)  # the quantizers go right after their activation's producer: in computing order
     produced = {out: i for i, node in enumerate(graph.node) for out in node.output}
     groups = {act: kept for act, nodes in sorted(weight_products(model).items(), key=lambda g: produced.get(g[0], -1))
               if (kept := [n for n in nodes if n.name not in exclude])}  # in the order they are computed
@@ -261,8 +307,14 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
         ("pertoken_eps", 1e-12, np.float32), ("pertoken_step", 1 / 127, np.float32),
         ("pertoken_huge", np.finfo(np.float32).max, np.float32), ("pertoken_axes", [-1], np.int64),
         ("pertoken_zp", ZERO_POINT, np.uint8), ("pertoken_wzp", 0, np.int8))]
-    if block:
-        consts.append(numpy_helper.from_array(hadamard(block).astype(np.float32), "pertoken_hadamard"))
+    static = static or {}
+    for size in {block, *([static_block] if static else [])} - {0}:
+        consts.append(numpy_helper.from_array(hadamard(size).astype(np.float32), f"pertoken_hadamard{size}"))
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
 
     def reduce(op: str, x: str, y: str) -> Any:
         return helper.make_node(op, [x, "pertoken_axes"], [y], name=y, keepdims=1)
@@ -282,45 +334,58 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
     for act, nodes in groups.items():
         p = f"{act}_pertoken"
         k = inits[nodes[0].input[1]].dims[0]
-        rot = rotation(k, block)
+        fixed = static.get(act)  # its static absmax, or None: per token
+        size = static_block if fixed is not None else block
+        rot = rotation(k, size)
         x, rotate = act, []
         if rot is not None and act not in folds:  # (..., K) -> (..., K/block, block) @ H -> (..., K)
             x = f"{p}_rotated"
             lead = [0] * (ranks[act] - 1) if act in ranks else None  # Reshape's 0: that dimension as it was
             if lead is None:  # rank unknown: the shape back from a Shape op
-                consts.append(numpy_helper.from_array(np.array([-1, block], np.int64), f"{p}_split"))
+                consts.append(numpy_helper.from_array(np.array([-1, size], np.int64), f"{p}_split"))
                 rotate = [helper.make_node("Shape", [act], [f"{p}_shape"], name=f"{p}_shape")]
                 back = f"{p}_shape"
             else:
-                consts += [numpy_helper.from_array(np.array([*lead, -1, block], np.int64), f"{p}_split"),
+                consts += [numpy_helper.from_array(np.array([*lead, -1, size], np.int64), f"{p}_split"),
                            numpy_helper.from_array(np.array([*lead, k], np.int64), f"{p}_join")]
                 back = f"{p}_join"
             rotate += [helper.make_node("Reshape", [act, f"{p}_split"], [f"{p}_blocks"], name=f"{p}_blocks"),
-                       helper.make_node("MatMul", [f"{p}_blocks", "pertoken_hadamard"], [f"{p}_blocks_rotated"],
+                       helper.make_node("MatMul", [f"{p}_blocks", f"pertoken_hadamard{size}"], [f"{p}_blocks_rotated"],
                                         name=f"{p}_blocks_rotated"),
                        helper.make_node("Reshape", [f"{p}_blocks_rotated", back], [x], name=x)]
-        # a blocked zero point has the scale's shape: round(m / FLT_MAX) + 128 = 128, quantized once for all the
-        # activations whose leading dimensions are provably equal (the first of them computed makes it)
-        lead = leads.get(act)
-        zp = zero_points.get(lead) if lead is not None else None
-        quantize_zp = [] if zp is not None else [helper.make_node(
-            "QuantizeLinear", [f"{p}_absmax", "pertoken_huge", "pertoken_zp"], [f"{p}_zp"], name=f"{p}_zp")]
-        if zp is None:
-            zp = f"{p}_zp"
-            if lead is not None:
-                zero_points[lead] = zp
-        after[act] = [  # m: the token's absmax; q = round(x / (m / 127)) + 128, one scale per block of k values
-            *rotate,    # (a token); the product's a_scale m, its weights' scales over 127
-            reduce("ReduceMax", x, f"{p}_max"),
-            reduce("ReduceMin", x, f"{p}_min"),
-            helper.make_node("Neg", [f"{p}_min"], [f"{p}_neg"], name=f"{p}_neg"),
-            helper.make_node("Max", [f"{p}_max", f"{p}_neg", "pertoken_eps"], [f"{p}_absmax"], name=f"{p}_absmax"),
-            helper.make_node("Mul", [f"{p}_absmax", "pertoken_step"], [f"{p}_step"], name=f"{p}_step"),
-            *quantize_zp,
-            helper.make_node("QuantizeLinear", [x, f"{p}_step", zp], [f"{p}_q"], name=f"{p}_q",
-                             axis=-1, block_size=k)]
+        if fixed is not None:  # one scale: the calibrated absmax over 127, the scalar zero point
+            m = max(fixed, 1e-12)
+            consts += [numpy_helper.from_array(np.array(m / 127, np.float32), f"{p}_fixed_step"),
+                       numpy_helper.from_array(np.array(m, np.float32), f"{p}_fixed_absmax")]
+            after[act] = [*rotate, helper.make_node("QuantizeLinear", [x, f"{p}_fixed_step", "pertoken_zp"],
+                                                    [f"{p}_q"], name=f"{p}_q")]
+            a_scale = f"{p}_fixed_absmax"
+        else:
+            # a blocked zero point has the scale's shape: round(m / FLT_MAX) + 128 = 128, quantized once for all the
+            # activations whose leading dimensions are provably equal (the first of them computed makes it)
+            lead = leads.get(act)
+            zp = zero_points.get(lead) if lead is not None else None
+            quantize_zp = [] if zp is not None else [helper.make_node(
+                "QuantizeLinear", [f"{p}_absmax", "pertoken_huge", "pertoken_zp"], [f"{p}_zp"], name=f"{p}_zp")]
+            if zp is None:
+                zp = f"{p}_zp"
+                if lead is not None:
+                    zero_points[lead] = zp
+            after[act] = [  # m: the token's absmax; q = round(x / (m / 127)) + 128, one scale per block of k values
+                *rotate,    # (a token); the product's a_scale m, its weights' scales over 127
+                reduce("ReduceMax", x, f"{p}_max"),
+                reduce("ReduceMin", x, f"{p}_min"),
+                helper.make_node("Neg", [f"{p}_min"], [f"{p}_neg"], name=f"{p}_neg"),
+                helper.make_node("Max", [f"{p}_max", f"{p}_neg", "pertoken_eps"], [f"{p}_absmax"],
+                                 name=f"{p}_absmax"),
+                helper.make_node("Mul", [f"{p}_absmax", "pertoken_step"], [f"{p}_step"], name=f"{p}_step"),
+                *quantize_zp,
+                helper.make_node("QuantizeLinear", [x, f"{p}_step", zp], [f"{p}_q"], name=f"{p}_q",
+                                 axis=-1, block_size=k)]
+            a_scale = f"{p}_absmax"
         for node in nodes:
-            key = (str(src), node.input[1] + ("@rotated" if node.input[1] in folded else ""), block)
+            weight = node.input[1] + ("@rotated" if node.input[1] in folded else "")
+            key = (str(src), weight, size if fixed is None else -size)  # a static activation's own rotation
             if key not in memo:
                 w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
                 h = moments[act] if moments is not None else np.eye(k)
@@ -332,9 +397,20 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
             n = node.name
             consts += [numpy_helper.from_array(codes, f"{n}_codes"),
                        numpy_helper.from_array(scale / np.float32(127), f"{n}_wscale")]
+            out, bias = node.output[0], ""
+            if fixed is not None:  # a scalar a_scale: ONNX Runtime adds the bias right, after scaling
+                add = readers.get(out, [])
+                if len(add) == 1 and add[0].op_type == "Add" and out not in outputs:
+                    b = next((i for i in add[0].input if i != out and i in inits
+                              and list(inits[i].dims) == [inits[node.input[1]].dims[1]]), None)
+                    if b is not None:
+                        out, bias = add[0].output[0], b
+                        replaced[add[0].name or f"{out}_bias_add"] = []
+                        add[0].name = add[0].name or f"{out}_bias_add"
             replaced[n] = [helper.make_node(  # a_scale of shape (..., 1): the output scaled per token in the op
-                "MatMulIntegerToFloat", [f"{p}_q", f"{n}_codes", f"{p}_absmax", f"{n}_wscale", "pertoken_zp",
-                                         "pertoken_wzp"], [node.output[0]], name=n, domain="com.microsoft")]
+                "MatMulIntegerToFloat", [f"{p}_q", f"{n}_codes", a_scale, f"{n}_wscale", "pertoken_zp",
+                                         "pertoken_wzp", *([bias] if bias else [])], [out], name=n,
+                domain="com.microsoft")]
     nodes_out = [x for i in graph.input if i.name in after for x in after.pop(i.name)]
     for node in graph.node:
         nodes_out.extend(replaced.get(node.name, [node]))
@@ -349,4 +425,4 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
-    return len(replaced)
+    return sum(1 for nodes in replaced.values() if nodes)  # the products (a bias moved inside one: removed)
