@@ -29,6 +29,10 @@ Candidates (``RECIPES``, the defaults; the quantizers are in :mod:`kdfast.export
   others (logit MSE 6-13x lower); on both MiniLM teachers a rotated recipe holds the rule with every product int8
   (1.48-1.51x and 1.41-1.42x fp32 at batch 32), where ``pertoken`` kept 9 and 19 of 38 products fp32
   (docs/export.md).
+- ``pertoken-h16-ln64`` / ``pertoken-h64-ln64`` (not among the defaults: on the MiniLM teachers they fail the rule
+  as they are, and their fallbacks were never kept; docs/export.md): per-token, but the LayerNorm outputs rotated in
+  blocks of 64 and quantized with one calibrated scale each, their products then on a scalar ``a_scale`` with the
+  bias inside (as fast as Optimum's dynamic int8 at batch 32 where it holds).
 - ``static-minmax`` / ``static-percentile`` (not among the defaults, ``INT8_DEFAULT_RECIPES``: never within the
   rule on the MiniLM teachers, 88-92% agreement, and their rankings took two of the five minutes): QDQ, int8 weights
   per channel and uint8 activations whose ranges are
