@@ -185,9 +185,9 @@ def load_source(path: Path) -> tuple[Any, dict[str, int], dict[str, tuple[str, .
     """``path``'s model at :data:`OPSET`, the rank of each of its tensors that ONNX's shape inference can tell
     (dimensions may stay symbolic), and for each tensor whose leading dimensions ONNX Runtime's symbolic shape
     inference proves, those dimensions (all but the last) as names: two tensors with the same names have the same
-    leading shape at run time, so their per-token quantizers can share one zero point. Read, inferred and converted
-    once per file (:func:`_source`): the tuner builds many candidates from one, and the conversion alone is half a
-    build."""
+    leading shape at run time, so their per-token quantizers can share one zero point. Its nodes in computing order
+    (:func:`kdfast.export.attention.topological`). Read, sorted, inferred and converted once per file
+    (:func:`_source`): the tuner builds many candidates from one, and the conversion alone is half a build."""
     import onnx
 
     st = path.stat()
@@ -201,6 +201,9 @@ def _source(path: str, mtime_ns: int, size: int) -> tuple[bytes, dict[str, int],
     from onnx import version_converter
 
     model = onnx.load(path)
+    ordered = topological(list(model.graph.node), {i.name for i in [*model.graph.input, *model.graph.initializer]})
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)  # the quantizers go right after their activation's producer: computing order
     ranks, leads = tensor_shapes(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < OPSET:  # QuantizeLinear's scale per block of values: opset 21
@@ -296,9 +299,6 @@ def quantize_pertoken_file(src: Path, dst: Path, exclude: Sequence[str], moments
 
     model, ranks, leads = load_source(src)
     graph = model.graph
-    ordered = topological(list(graph.node), {i.name for i in graph.input} | {i.name for i in graph.initializer})
-    del graph.node[:]
-    graph.node.extend(ordered)  # the quantizers go right after their activation's producer: in computing order
     produced = {out: i for i, node in enumerate(graph.node) for out in node.output}
     groups = {act: kept for act, nodes in sorted(weight_products(model).items(), key=lambda g: produced.get(g[0], -1))
               if (kept := [n for n in nodes if n.name not in exclude])}  # in the order they are computed
