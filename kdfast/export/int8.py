@@ -52,8 +52,9 @@ sessions taking turns (``p50_ms``); "faster" below is by the slower of its two s
 the speed rule judges both. A recipe that fails gets its nodes ranked and kept fp32 a few more at a time, fastest
 recipe first, until a candidate passes or runs no faster than one that passed already (keeping more nodes fp32 only
 slows it down): a recipe slower than a passing candidate, or already below the speed rule as it is, is not searched
-at all. Each passing candidate is then timed against fp32 at batch 1 and 32 once more (the speed rule's
-measurement); of those that meet the speed rule, the one whose slower speed-up is the highest is kept.
+at all. The passing candidates are then timed against fp32 at batch 1 and 32 once more, all of them in one
+measurement (the speed rule's); of those that meet the speed rule, the one whose slower speed-up is the highest is
+kept.
 
 The speed rule: an int8 slower than fp32 is never kept. The candidate kept must run at least ``min_speedup`` times
 fp32's speed (p50 latency, fp32 and int8 taking turns in one run, each alone on the cores) at batch 1 AND at batch
@@ -362,8 +363,7 @@ class Tuner:
     def source(self, recipe: str) -> Path:
         """The fp32 file a recipe quantizes: dynamic the optimized model when there is one, blockwise (and pertoken)
         the plain graph with its Gemms as MatMuls and its attention fused (written once here), static the plain
-        graph; ``smooth-R`` R's
-        source after SmoothQuant with the alpha :meth:`smoothed` chose for R."""
+        graph; ``smooth-R`` R's source after SmoothQuant with the alpha :meth:`smoothed` chose for R."""
         if recipe.startswith(SMOOTH_PREFIX):
             return self.smoothed(recipe)
         if recipe == "dynamic":
